@@ -1,0 +1,130 @@
+"""`upzir` command line: `restore` runs the library on one image; `worker`/`serve` start the service parts.
+
+Every failure a user can cause (bad path, unreadable image, unknown option, missing weights) ends in one
+line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import RestorerError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_CANCELED = 130
+
+SUBCOMMANDS = {
+    "worker": ("worker.main", "run a queue worker (loads the prior once, runs jobs in-process)"),
+    "serve": ("service.app", "run the REST API (uvicorn)"),
+}
+"""Service entry points live in their own packages; dispatched lazily so the library stays web-free."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage dump
+        print(f"upzir: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _restore_parser(sub: argparse._SubParsersAction) -> None:
+    from .config import DEFAULT_PRESET, PRESETS
+    from .prior import DEFAULT_MODEL
+
+    p = sub.add_parser("restore", help="restore one image", description="Restore one image with UP-ZeroIR.")
+    p.add_argument("input", type=Path, help="input image (PNG, JPEG, WebP, ...)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="where to write the restored image")
+    p.add_argument("--model", default=os.environ.get("UPZIR_MODEL", DEFAULT_MODEL),
+                   help="diffusers LDM folder or hub id (env UPZIR_MODEL; default: %(default)s)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--steps", type=int, help="DDIM steps per round (overrides the preset)")
+    p.add_argument("--seed", type=int, help="random seed (same seed, same output on one device)")
+    p.add_argument("--device", default=os.environ.get("UPZIR_DEVICE", "auto"), help="cuda, cpu or auto")
+    p.add_argument("--dtype", default=os.environ.get("UPZIR_DTYPE", "fp32"), choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--judge", help="DQR judge: auto, piqe, arniqa, niqe@PATH (overrides the preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any sampler option, e.g. --set kappa=2000 --set dqr=off")
+    p.add_argument("--report", type=Path, help="write a JSON report (steps, rounds, checkpoints, seconds)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_restore(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .config import parse_overrides, resolve_config
+    from .images import load_image
+    from .pipeline import Restorer
+
+    overrides = parse_overrides(args.overrides)
+    for key in ("steps", "seed", "judge"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    cfg = resolve_config(args.preset, overrides)
+    image = load_image(args.input)
+    if args.output.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}:
+        raise RestorerError(f"{args.output}: unknown output format (use .png, .jpg or .webp)")
+    if not args.output.parent.exists():
+        raise RestorerError(f"{args.output.parent}: output folder does not exist")
+
+    restorer = Restorer.load(args.model, device=args.device, dtype=args.dtype,
+                             judge=cfg.judge, perceptual=cfg.perceptual)
+    bar = tqdm(total=cfg.steps, disable=args.quiet, unit="step", desc="round 1")
+    last = {"score": None}
+
+    def on_step(ev) -> None:
+        if ev.step == 1:
+            bar.reset(total=ev.total_steps)
+            bar.set_description(f"round {ev.round}")
+        bar.update(1)
+
+    def on_checkpoint(cp) -> None:
+        last["score"] = cp.score
+        bar.set_postfix(step=cp.steps_run, score=f"{cp.score:.3f}", dqr=cp.decision.value)
+
+    result = restorer.restore(image, cfg, on_step=on_step, on_checkpoint=on_checkpoint)
+    bar.close()
+    result.image.save(args.output)
+    report = {"input": str(args.input), "output": str(args.output), **restorer.describe(), **result.report()}
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2))
+    if not args.quiet:
+        print(f"{args.output}: {result.steps_run} steps, {result.rounds} round(s), "
+              f"early exit {'yes' if result.early_exit else 'no'}, score {result.final_score:.3f} "
+              f"({result.judge}), {result.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+        return int(module.main(argv[1:]) or 0)
+
+    parser = _Parser(prog="upzir", description="UP-ZeroIR zero-shot image restoration.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _restore_parser(sub)
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="upzir: %(levelname)s: %(message)s")
+    try:
+        return _run_restore(args)
+    except KeyboardInterrupt:
+        print("upzir: interrupted", file=sys.stderr)
+        return EXIT_CANCELED
+    except RestorerError as exc:
+        print(f"upzir: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # e.g. output not writable
+        print(f"upzir: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

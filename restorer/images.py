@@ -1,0 +1,102 @@
+"""Image I/O and geometry: load any RGB image, pad for the prior, downscale large inputs, restore the size.
+
+Pillow does the decoding and resizing; tensors inside the library are (1, 3, H, W) float32 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError
+
+RESAMPLE = Image.Resampling.LANCZOS
+"""Down/up-scaling filter for inputs over max_pixels (sharp, few artefacts)."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file as RGB; ImageError with a one-line reason otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"{p}: no such file")
+    if not p.is_file():
+        raise ImageError(f"{p}: not a file")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{p}: not a readable image ({exc})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode → RGB (alpha composited on white, palette expanded); rejects empty images."""
+    if img.width == 0 or img.height == 0:
+        raise ImageError("image has zero width or height")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(to_rgb(img), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    arr = (x.detach().float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(arr, mode="RGB")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an input maps to the sampled canvas and back."""
+
+    input_size: tuple[int, int]  # (w, h) of the user's image
+    sampled_size: tuple[int, int]  # (w, h) after an optional downscale, before padding
+    padded_size: tuple[int, int]  # (w, h) the prior sees: multiples of the pad multiple
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        w, h = self.sampled_size
+        return x[..., :h, :w]
+
+
+def plan_geometry(size: tuple[int, int], max_pixels: int, multiple: int) -> Geometry:
+    """Downscale (keeping aspect) when w·h > max_pixels, then pad each side up to a multiple."""
+    w, h = size
+    if w * h > max_pixels:
+        scale = math.sqrt(max_pixels / (w * h))
+        w, h = max(1, int(w * scale)), max(1, int(h * scale))
+    pw, ph = math.ceil(w / multiple) * multiple, math.ceil(h / multiple) * multiple
+    return Geometry(size, (w, h), (pw, ph))
+
+
+def prepare(img: Image.Image, geom: Geometry) -> torch.Tensor:
+    """PIL → (1,3,H,W) on the padded canvas: resized if planned, then reflect-padded right and bottom."""
+    img = to_rgb(img)
+    if img.size != geom.sampled_size:
+        img = img.resize(geom.sampled_size, RESAMPLE)
+    x = pil_to_tensor(img)
+    pad_w = geom.padded_size[0] - geom.sampled_size[0]
+    pad_h = geom.padded_size[1] - geom.sampled_size[1]
+    if pad_w or pad_h:
+        # reflect needs pad < size; tiny inputs fall back to edge replication
+        mode = "reflect" if pad_w < x.shape[-1] and pad_h < x.shape[-2] else "replicate"
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    return x
+
+
+def finish(x: torch.Tensor, geom: Geometry) -> Image.Image:
+    """Padded canvas → PIL at exactly the input size."""
+    img = tensor_to_pil(geom.crop(x))
+    if img.size != geom.input_size:
+        img = img.resize(geom.input_size, RESAMPLE)
+    return img
