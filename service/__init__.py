@@ -1,0 +1,1 @@
+"""HTTP front of the restoration service: FastAPI app, upload policy, job store, SSE, metrics, client."""

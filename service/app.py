@@ -1,0 +1,107 @@
+"""App factory (`create_app`) and the `upzir serve` entry point (`main`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .events import connect_async
+from .jobs import JobStore
+from .metrics import ApiMetrics, MetricsMiddleware
+from .routes import router
+from .settings import Settings
+
+log = logging.getLogger("upzir.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API; Redis is connected lazily, so the app starts (and /healthz answers) with Redis down."""
+    settings = settings or Settings()
+    metrics = ApiMetrics()
+    # PIL's own decompression-bomb guard agrees with our pixel cap (uploads are the only images opened here).
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.metrics = metrics
+        app.state.store = JobStore(settings)
+        app.state.aredis = connect_async(settings)
+        reaper = None
+        if settings.api_reaper:
+            from worker.reaper import Reaper  # import-light: no torch behind it
+            from worker.webhooks import deliver_in_background
+
+            reaper = Reaper(
+                app.state.store,
+                settings,
+                owner="api",
+                notify=lambda job, url: deliver_in_background(url, job, settings),
+            )
+            reaper.start()
+        try:
+            yield
+        finally:
+            if reaper is not None:
+                reaper.stop(timeout=settings.redis_timeout_s * 2)
+            await app.state.aredis.aclose()
+            app.state.store.redis.close()
+
+    app = FastAPI(
+        title="UP-ZeroIR restoration service",
+        version="0.1.0",
+        description="Zero-shot image restoration jobs: submit, follow progress, fetch the result.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(router)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        if request.url.path == "/restore":
+            metrics.upload_rejected.labels(reason="unavailable").inc()
+        return JSONResponse(
+            {"detail": "the job store (Redis) is unreachable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(settings.unavailable_retry_after_s)},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`upzir serve`: run the API under uvicorn."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="upzir serve", description="Run the restoration HTTP API.")
+    parser.add_argument("--host", help="bind address (UPZIR_HOST)")
+    parser.add_argument("--port", type=int, help="port (UPZIR_PORT)")
+    parser.add_argument("--log-level", help="debug, info, warning, error (UPZIR_LOG_LEVEL)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "log_level": args.log_level}.items() if v}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+    )
+    return 0
