@@ -160,6 +160,10 @@ class _Collector:
             self.image = bytearray()
             raw = opts.get(b"filename")
             self.filename = raw.decode("utf-8", "replace")[:255] if raw is not None else None
+        elif b"filename" in opts:
+            raise UploadRejected(
+                422, "bad_form", f"unexpected file field {self._name!r}: send the image in the `{IMAGE_FIELD}` field"
+            )
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_image:

@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 import redis
+from prometheus_client import disable_created_metrics
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker_id = args.name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
+    disable_created_metrics()  # `*_created` series only double the scrape size; this process is ours
     metrics = WorkerMetrics()
     if settings.worker_metrics_port:
         try:
