@@ -260,6 +260,10 @@ def test_cancel_a_queued_job(api, redis_client):
     assert events == ["status", "status", "completed"]
     final = json.loads([line for line in text.splitlines() if line.startswith("data:")][-1][5:])
     assert final["id"] == a["id"] and final["status"] == "canceled"
+    first_id = [line for line in text.splitlines() if line.startswith("id:")][0].split(":", 1)[1].strip()
+    resumed = httpx.get(f"{api}/jobs/{a['id']}/events", headers={"Last-Event-ID": first_id}, timeout=10).text
+    assert [line for line in resumed.splitlines() if line.startswith("event:")] == ["event: status",
+                                                                                   "event: completed"]
 
     # Nothing it left behind lives forever.
     for key in redis_client.scan_iter(f"upzir:job:{a['id']}*"):
