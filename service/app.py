@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,9 +12,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
+from pydantic import ValidationError
 from prometheus_client import disable_created_metrics
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from restorer.config import resolve_config
+from restorer.errors import ConfigError
 
 from .events import connect_async
 from .jobs import JobStore
@@ -23,10 +28,14 @@ from .settings import Settings
 
 log = logging.getLogger("upzir.api")
 
+EXIT_CONFIG = 2
+"""Exit status of `upzir serve` when the configuration is invalid (argparse's usage-error status)."""
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API; Redis is connected lazily, so the app starts (and /healthz answers) with Redis down."""
     settings = settings or Settings()
+    resolve_config(settings.preset)  # a bad UPZIR_PRESET fails at start, not on every request
     metrics = ApiMetrics()
     # PIL's own decompression-bomb guard agrees with our pixel cap (uploads are the only images opened here).
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
@@ -96,11 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", help="debug, info, warning, error (UPZIR_LOG_LEVEL)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "log_level": args.log_level}.items() if v}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+        app = create_app(settings)
+    except (ValidationError, ConfigError) as exc:
+        print(f"upzir serve: invalid configuration: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_CONFIG
     disable_created_metrics()  # `*_created` series only double the scrape size; this process is ours
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

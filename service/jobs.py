@@ -163,7 +163,6 @@ def connect(settings: Settings, *, socket_timeout: float | None = None) -> redis
         socket_timeout=socket_timeout if socket_timeout is not None else timeout,
         socket_connect_timeout=timeout,
         retry=Retry(ExponentialBackoff(cap=REDIS_BACKOFF_CAP_S), settings.redis_retries),
-        health_check_interval=0,
     )
 
 
@@ -573,8 +572,6 @@ class JobStore:
             events.append([EventType.COMPLETED.value, json.dumps(self.render(merged))])
         elif status == JobStatus.PROCESSING:
             ttl, proc_op = s.pending_ttl_s, "add"
-        elif status == JobStatus.QUEUED:
-            ttl, proc_op = s.pending_ttl_s, "rem"
         n_previews = len(json.loads(as_str(snapshot.get(b"checkpoints")) or "[]"))
         keys = [k.job(job_id), k.events(job_id), k.processing, k.input(job_id), k.result(job_id), k.cancel(job_id)]
         keys += [k.preview(job_id, i) for i in range(n_previews)] + list(extra_keys)

@@ -135,11 +135,16 @@ class Settings(BaseSettings):
     webhook_attempts: int = Field(3, ge=1, description="Webhook tries with exponential backoff before giving up.")
 
     @model_validator(mode="after")
-    def _check_heartbeat(self) -> "Settings":
+    def _check_consistency(self) -> "Settings":
         if self.worker_lost_after_s <= self.heartbeat_s:
             raise ValueError(
                 f"worker_lost_after_s ({self.worker_lost_after_s}) must exceed heartbeat_s ({self.heartbeat_s}),"
                 " or live workers would be declared dead"
+            )
+        if self.pending_ttl_s <= self.job_timeout_s + self.worker_lost_after_s:
+            raise ValueError(
+                f"pending_ttl_s ({self.pending_ttl_s}) must exceed job_timeout_s + worker_lost_after_s,"
+                " or a running job's record could expire under it"
             )
         return self
 

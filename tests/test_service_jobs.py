@@ -13,7 +13,8 @@ from service.settings import Settings
 
 @pytest.fixture
 def store(redis_client, redis_url) -> JobStore:
-    s = JobStore(Settings(redis_url=redis_url, result_ttl_s=600, failure_ttl_s=900, pending_ttl_s=1200))
+    s = JobStore(Settings(redis_url=redis_url, result_ttl_s=600, failure_ttl_s=900, pending_ttl_s=1200,
+                              job_timeout_s=600))
     yield s
     s.redis.close()
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 from prometheus_client import disable_created_metrics
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
@@ -33,6 +34,9 @@ from .reaper import Reaper
 from .webhooks import deliver_in_background
 
 log = logging.getLogger("upzir.worker")
+
+EXIT_CONFIG = 2
+"""Exit status when the configuration is invalid (argparse's usage-error status)."""
 
 EXIT_MODEL_LOAD = 3
 """Exit status when the model cannot be loaded (distinct from Python's 1 and argparse's 2)."""
@@ -121,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype, "judge": args.judge, "worker_metrics_port": args.metrics_port,
         "shutdown": args.shutdown, "log_level": args.log_level,
     }
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        print(f"upzir worker: invalid configuration: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_CONFIG
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
