@@ -66,8 +66,14 @@ class _Stop:
 
 
 def _decode(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
+    """The stored upload as a PIL image (the API validated it; this guards against a corrupted store)."""
+    from restorer.errors import ImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as exc:
+        raise ImageError(f"the stored image cannot be decoded ({type(exc).__name__}); submit it again") from None
     return img
 
 
