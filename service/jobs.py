@@ -8,7 +8,7 @@ Redis keys (prefix `upzir`, `Settings.key_prefix`), each with a TTL so nothing g
     {p}:job:{id}:events      stream status / checkpoint / completed events for SSE (replay + follow)
     {p}:job:{id}:cancel      string cancel request for a running job (the API never edits a running job)
     {p}:job:{id}:preview:{n} string PNG of checkpoint n's x̂0 (longest side ≤ preview_max_side)
-    {p}:idem:{sha256(key)}   string Idempotency-Key → job id (idempotency TTL)
+    {p}:idem:{sha256(key)}   string Idempotency-Key → "pending:{id}" (SET NX claim, 60 s) → job id (idempotency TTL)
     {p}:processing           set    ids of jobs in `processing` (what the reaper scans)
     {p}:worker:{wid}         string a ready worker's description; TTL = worker_lost_after_s, renewed per heartbeat
     {p}:workers              set    worker ids, pruned when their key has expired
@@ -382,7 +382,8 @@ class JobStore:
                 self._del_if(keys=[idem_key], args=[claim])
             raise
         job = self.get(job_id)
-        assert job is not None
+        if job is None:  # only if someone deleted it within the last milliseconds
+            raise JobNotFound(f"job {job_id} vanished right after it was created")
         return job, True
 
     def _replay(self, idem_key: str, fp: str) -> dict[str, Any] | None:
