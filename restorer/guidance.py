@@ -29,7 +29,7 @@ class DegradationGuidance:
             self.target = losses.latent_ggd(prior.encode(x_lq), cfg.ggd_center)  # (α0, σ0) per channel
         self.ggd_params = torch.cat(self.target).float().detach()
         device = x_lq.device
-        self.phi = build_degrader(cfg.pcdm, prior.latent_channels, cfg.pcdm_width, cfg.seed).to(device)
+        self.phi = build_degrader(cfg.pcdm, prior.latent_channels, cfg.pcdm_width, cfg.seed, cfg.pcdm_init).to(device)
         self.disc = build_discriminator(cfg.pcdm_width, cfg.seed + DISC_SEED_OFFSET).to(device)
         self.opt_phi = torch.optim.Adam(self.phi.parameters(), lr=cfg.pcdm_lr, weight_decay=cfg.pcdm_weight_decay)
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)

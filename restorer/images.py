@@ -16,6 +16,10 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
 
+MIN_CANVAS_SIDE = 32
+"""Tiny inputs are padded up to this: the patch discriminator (three stride-2 convs) needs ≥ 8 px and the
+PIQE judge works on 16-px blocks."""
+
 RESAMPLE = Image.Resampling.LANCZOS
 """Down/up-scaling filter for inputs over max_pixels (sharp, few artefacts)."""
 
@@ -75,7 +79,8 @@ def plan_geometry(size: tuple[int, int], max_pixels: int, multiple: int) -> Geom
     if w * h > max_pixels:
         scale = math.sqrt(max_pixels / (w * h))
         w, h = max(1, int(w * scale)), max(1, int(h * scale))
-    pw, ph = math.ceil(w / multiple) * multiple, math.ceil(h / multiple) * multiple
+    side = lambda n: math.ceil(max(n, MIN_CANVAS_SIDE) / multiple) * multiple  # noqa: E731
+    pw, ph = side(w), side(h)
     return Geometry(size, (w, h), (pw, ph))
 
 

@@ -21,6 +21,9 @@ AUTO = "auto"
 AUTO_CHAIN = ("arniqa", "piqe")
 """`auto` tries the paper's judge first, then the weight-free one."""
 
+MIN_SIDE = 32
+"""Block-based metrics (PIQE 16 px, NIQE patches) fail on tiny images: smaller inputs are upsampled first."""
+
 UNBOUNDED_SPAN = 100.0
 """For metrics whose range is open ('~0, ~100'), raw scores are clipped to [low, low + span] first."""
 
@@ -43,7 +46,12 @@ class QualityJudge:
 
     @torch.no_grad()
     def raw(self, x: torch.Tensor) -> float:
-        return float(self.metric(x.float().clamp(0, 1)).mean())
+        x = x.float().clamp(0, 1)
+        if min(x.shape[-2:]) < MIN_SIDE:
+            scale = MIN_SIDE / min(x.shape[-2:])
+            size = (max(MIN_SIDE, round(x.shape[-2] * scale)), max(MIN_SIDE, round(x.shape[-1] * scale)))
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return float(self.metric(x).mean())
 
     def normalise(self, raw: float) -> float:
         """Map the metric's own value to 'higher is better' in [0, 1]."""

@@ -72,9 +72,13 @@ class Prior:
         return posterior.mean * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent → [0,1] image (float32), differentiable w.r.t. z."""
+        """Latent → image on the [0,1] scale (float32), differentiable w.r.t. z.
+
+        Not clamped: a clamp would zero the guidance gradient wherever x̂0 overshoots, and the sampler
+        could never pull a saturated estimate back. Callers clamp when they make a picture of it.
+        """
         x = self.vae.decode((z / self.scaling_factor).to(self.dtype)).sample
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        return (x.float() + 1) / 2
 
     # -- noise prediction and schedule -----------------------------------------------------------
     @torch.no_grad()
@@ -102,7 +106,9 @@ class Prior:
             steps_offset=self.steps_offset,
         )
         sched.set_timesteps(steps)
-        return [int(t) for t in sched.timesteps]
+        # 'leading' spacing with steps_offset=1 yields t = T at steps = T: keep every t a valid index
+        last = self.num_train_timesteps - 1
+        return sorted({min(int(t), last) for t in sched.timesteps}, reverse=True)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,9 @@ StepCallback = Callable[[StepEvent], None]
 CheckpointCallback = Callable[[Checkpoint], None]
 CancelCheck = Callable[[], bool]
 
+RMS_EPS = 1e-12
+"""Keeps the RMS cap finite when the gradient is exactly zero."""
+
 RENOISE_SEED_OFFSET = 7919
 """Re-noise draws use their own generator stream, offset from the seed of z_T."""
 
@@ -57,6 +60,15 @@ def ddim_step(prior: Prior, z0: torch.Tensor, eps: torch.Tensor, t_prev: int) ->
     """Deterministic DDIM (η=0): z_{t−1} = √ᾱ_prev·ẑ0 + √(1−ᾱ_prev)·ε."""
     a = prior.alpha_bar(t_prev)
     return a**0.5 * z0 + (1 - a) ** 0.5 * eps
+
+
+def guidance_step(grad: torch.Tensor, kappa: float, rms_cap: float | None) -> torch.Tensor:
+    """g = −κ·∂J/∂ẑ0, its per-element RMS capped at `rms_cap` (a guard against rare gradient spikes)."""
+    g = -kappa * grad
+    if rms_cap is not None:
+        rms = g.pow(2).mean().sqrt()
+        g = g * torch.clamp(rms_cap / (rms + RMS_EPS), max=1.0)
+    return g
 
 
 def renoise(prior: Prior, z0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
@@ -112,9 +124,7 @@ def sample_upzir(
             z_next = ddim_step(prior, z0.detach(), eps, t_prev)
             if guided:
                 (grad,) = torch.autograd.grad(guidance.guidance_loss(x0, t), z0)
-                if cfg.grad_norm_clip is not None:
-                    grad = grad * torch.clamp(cfg.grad_norm_clip / (grad.norm() + 1e-12), max=1.0)
-                z_next = z_next - cfg.kappa * grad
+                z_next = z_next + guidance_step(grad, cfg.kappa, cfg.guidance_rms_cap)
                 guided_steps += 1
             z = z_next.detach()
             steps_run += 1
@@ -125,7 +135,7 @@ def sample_upzir(
             round_end = i + 1 == len(schedule)
             if (i + 1) % cfg.checkpoint_every and not round_end:
                 continue
-            estimate = x0.detach()
+            estimate = x0.detach().clamp(0, 1)
             if judge is not None:
                 score, raw = judge.score(crop(estimate))
             else:
