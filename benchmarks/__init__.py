@@ -1,0 +1,1 @@
+"""Quality and speed harnesses for the restorer (see README.md here and shared/design/BENCHMARK.md)."""

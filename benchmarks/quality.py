@@ -1,0 +1,304 @@
+"""Quality harness: does the sampler restore, and does each part of the method pay for itself?
+
+    python -m benchmarks.quality --model ../shared/weights/mini-ldm --data kodak24 --size 128 --images 3 \
+        --degradations noise25,lowlight+haze+noise \
+        --methods input,full,pcdm=resblock,degloss=l1,dqr=off,ldrps,preset:fast --out benchmarks/results/quality-x
+
+Writes `results.jsonl` (one row per image × degradation × method; a rerun skips rows already there),
+`summary.json` and `summary.md` (means per degradation × method). `--lol` scores real low-light inputs
+with no-reference metrics (PIQE, NIQE) instead of synthetic degradations with ground truth.
+
+Methods: `input` (the degraded image itself) · `full` (default preset) · `ldrps` (LD-RPS-like: no DegLoss,
+no GGD input to φ, no DQR) · `preset:NAME` · any `key=value[;key=value]` override set on the default
+preset. `--set k=v,...` is applied on top of every method (e.g. `steps=2,checkpoint_every=1` for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .common import DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS_ROOT, command_line, fmt, header_md, machine, parse_set, write_json
+from .degradations import degrade
+
+LDRPS = {"lambda_deg": "0", "pcdm": "resblock", "dqr": "off"}
+"""LD-RPS-like: no DegLoss (λ1=0), φ without the GGD input (plain residual block), fixed schedule (no DQR)."""
+
+FR_METRICS = ("psnr", "ssim", "lpips")
+NR_METRICS = ("piqe", "niqe")
+
+
+# --- methods ------------------------------------------------------------------------------------------
+def method_config(method: str) -> tuple[str | None, dict[str, str]] | None:
+    """Method spec → (preset, overrides); None for `input` (no restoration)."""
+    if method == "input":
+        return None
+    if method == "full":
+        return None, {}
+    if method == "ldrps":
+        return None, dict(LDRPS)
+    if method.startswith("preset:"):
+        return method.split(":", 1)[1], {}
+    if "=" in method:
+        return None, parse_set(method)
+    raise SystemExit(f"unknown method {method!r} (input, full, ldrps, preset:NAME or key=value[;key=value])")
+
+
+# --- data ---------------------------------------------------------------------------------------------
+def centre_crop(img: Image.Image, size: int) -> Image.Image:
+    img = img.convert("RGB")
+    w, h = img.size
+    if min(w, h) < size:  # small images: scale up the short side first
+        s = size / min(w, h)
+        img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def fit_longer_side(img: Image.Image, size: int) -> Image.Image:
+    img = img.convert("RGB")
+    w, h = img.size
+    s = size / max(w, h)
+    return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
+
+
+def list_images(folder: Path, n: int) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+    if not files:
+        raise SystemExit(f"no images in {folder}")
+    return files[:n]
+
+
+# --- metrics ------------------------------------------------------------------------------------------
+def to_tensor(img: Image.Image):
+    import torch
+
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+class Metrics:
+    """pyiqa metrics created once; any that cannot load (e.g. LPIPS weights offline) is reported n/a."""
+
+    def __init__(self, names: tuple[str, ...], niqe_params: Path | None = None) -> None:
+        import pyiqa
+
+        self.names = list(names)
+        self.metrics: dict[str, Any] = {}
+        self.unavailable: dict[str, str] = {}
+        for name in names:
+            kwargs: dict[str, Any] = {}
+            if name == "niqe" and niqe_params is not None and niqe_params.exists():
+                kwargs["pretrained_model_path"] = str(niqe_params)
+            try:
+                self.metrics[name] = pyiqa.create_metric(name, device="cpu", **kwargs)
+            except Exception as exc:  # offline / missing weights: report instead of failing the run
+                self.unavailable[name] = f"{type(exc).__name__}: {str(exc)[:160]}"
+
+    def score(self, out: Image.Image, ref: Image.Image | None) -> dict[str, float | None]:
+        import torch
+
+        res: dict[str, float | None] = {}
+        x = to_tensor(out)
+        y = to_tensor(ref) if ref is not None else None
+        with torch.no_grad():
+            for name in self.metrics_names():
+                m = self.metrics.get(name)
+                if m is None:
+                    res[name] = None
+                    continue
+                try:
+                    v = float(m(x, y) if y is not None else m(x))
+                    res[name] = v if math.isfinite(v) else None
+                except Exception:
+                    res[name] = None
+        return res
+
+    def metrics_names(self) -> list[str]:
+        return list(self.names)
+
+
+# --- resume -------------------------------------------------------------------------------------------
+def row_key(row: dict[str, Any]) -> tuple:
+    return (row["dataset"], row["image"], row["size"], row["degradation"], row["method"], row.get("set", ""))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill: redo it
+                continue
+    return rows
+
+
+# --- summary ------------------------------------------------------------------------------------------
+def summarise(rows: list[dict[str, Any]], methods: list[str], degradations: list[str], metric_names: list[str],
+              info: dict[str, Any], cmd: str, meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["degradation"], r["method"])].append(r)
+    table = []
+    numeric = [*metric_names, "seconds", "steps_run", "rounds"]
+    for deg in degradations:
+        for method in methods:
+            rs = groups.get((deg, method), [])
+            if not rs:
+                continue
+            entry: dict[str, Any] = {"degradation": deg, "method": method, "n": len(rs)}
+            for k in numeric:
+                vals = [r[k] for r in rs if r.get(k) is not None]
+                entry[k] = float(np.mean(vals)) if vals else None
+            ee = [r["early_exit"] for r in rs if r.get("early_exit") is not None]
+            entry["early_exit_rate"] = float(np.mean(ee)) if ee else None
+            table.append(entry)
+    summary = {"machine": info, "command": cmd, **meta, "metrics": metric_names, "table": table}
+
+    arrows = {"psnr": "↑", "ssim": "↑", "lpips": "↓", "piqe": "↓", "niqe": "↓"}
+    cols = [f"{m.upper()} {arrows.get(m, '')}".strip() for m in metric_names]
+    md = [header_md("Quality benchmark", info, cmd)]
+    for k, v in meta.items():
+        md.append(f"- {k}: {v}")
+    md += ["", "Means per degradation × method. `input` is the degraded image itself; s/img, steps, rounds and "
+           "early exit are per restoration.", "",
+           "| degradation | method | n | " + " | ".join(cols) + " | s/img | steps | rounds | early exit |",
+           "|---|---|---|" + "---|" * (len(cols) + 4)]
+    for e in table:
+        digits = {"psnr": 2, "ssim": 4, "lpips": 4, "piqe": 2, "niqe": 3}
+        md.append(f"| {e['degradation']} | {e['method']} | {e['n']} | "
+                  + " | ".join(fmt(e[m], digits.get(m, 3)) for m in metric_names)
+                  + f" | {fmt(e['seconds'], 1)} | {fmt(e['steps_run'], 1)} | {fmt(e['rounds'], 2)} | "
+                  + (f"{e['early_exit_rate']:.0%}" if e["early_exit_rate"] is not None else "n/a") + " |")
+    return summary, "\n".join(md) + "\n"
+
+
+# --- main ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="diffusers LDM folder or hub id (e.g. ../shared/weights/mini-ldm)")
+    p.add_argument("--data", default="kodak24", help="data set folder name under --data-root (or a path)")
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    p.add_argument("--size", type=int, default=128, help="centre-crop size (LOL: longer side resized to this)")
+    p.add_argument("--images", type=int, default=3, help="first N images, sorted by name")
+    p.add_argument("--degradations", default="noise25,lowlight+haze+noise")
+    p.add_argument("--methods", default="input,full,pcdm=resblock,degloss=l1,dqr=off,ldrps,preset:fast",
+                   help="comma-separated; an override set uses ';' between its keys (e.g. 'dqr=off;kappa=1000')")
+    p.add_argument("--set", dest="set_", default="", help="overrides applied to every method: k=v,k=v")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (degradation seeds derive from image names)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--judge", default="piqe", help="DQR judge (pyiqa name, or auto)")
+    p.add_argument("--perceptual", default="off", choices=["auto", "on", "off"])
+    p.add_argument("--lol", action="store_true", help="real low-light inputs, no-reference scores (PIQE, NIQE)")
+    p.add_argument("--niqe-params", type=Path,
+                   default=DEFAULT_WEIGHTS_ROOT / "niqe_matlab_release" / "modelparameters.mat")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def split_methods(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tqdm import tqdm
+
+    from restorer import Restorer, resolve_config
+
+    cmd = command_line() if argv is None else "python -m benchmarks.quality " + " ".join(argv)
+    methods = split_methods(args.methods)
+    global_set = parse_set(args.set_)
+    if args.lol:
+        folder = args.data_root / "lol_v1_eval15_lowonly_cropped" / "low"
+        dataset, degradations, metric_names = "lol_v1_eval15_low", ["real-lowlight"], list(NR_METRICS)
+    else:
+        folder = Path(args.data) if Path(args.data).is_dir() else args.data_root / args.data
+        dataset, degradations, metric_names = Path(args.data).name, split_methods(args.degradations), list(FR_METRICS)
+    files = list_images(folder, args.images)
+
+    # Validate every method's config before loading anything.
+    configs: dict[str, Any] = {}
+    for m in methods:
+        spec = method_config(m)
+        if spec is not None:
+            preset, overrides = spec
+            configs[m] = resolve_config(preset, {**overrides, **global_set, "seed": args.seed})
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    jsonl = args.out / "results.jsonl"
+    rows = read_rows(jsonl)
+    done = {row_key(r) for r in rows}
+    set_str = ",".join(f"{k}={v}" for k, v in global_set.items())
+
+    metrics = Metrics(tuple(metric_names), args.niqe_params)
+    restorer = None
+    if configs:
+        restorer = Restorer.load(args.model, device=args.device, dtype=args.dtype, judge=args.judge,
+                                 perceptual=args.perceptual)
+
+    jobs = [(f, d, m) for f in files for d in degradations for m in methods]
+    todo = [j for j in jobs if (dataset, j[0].stem, args.size, j[1], j[2], set_str) not in done]
+    print(f"{len(jobs)} rows, {len(jobs) - len(todo)} already in {jsonl}, {len(todo)} to run", file=sys.stderr)
+    with open(jsonl, "a") as fh:
+        for f, deg, method in tqdm(todo, disable=args.no_progress, desc="quality"):
+            src = Image.open(f)
+            if args.lol:
+                lq, clean = fit_longer_side(src, args.size), None
+            else:
+                lq, clean = degrade(centre_crop(src, args.size), deg, f.stem)
+            row: dict[str, Any] = {"dataset": dataset, "image": f.stem, "size": args.size, "degradation": deg,
+                                   "method": method, "set": set_str}
+            if method == "input":
+                out = lq
+                row.update(steps_run=None, rounds=None, early_exit=None, seconds=None, final_score=None)
+            else:
+                t0 = time.perf_counter()
+                res = restorer.restore(lq, configs[method])
+                out = res.image
+                row.update(steps_run=res.steps_run, rounds=res.rounds, early_exit=res.early_exit,
+                           seconds=round(time.perf_counter() - t0, 3), final_score=res.final_score,
+                           terms=res.terms, judge=res.judge)
+            row.update(metrics.score(out, clean))
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            rows.append(row)
+
+    info = machine(args.device)
+    meta = {
+        "model": args.model, "dataset": dataset, "size": args.size, "images": [f.stem for f in files],
+        "degradations": degradations, "methods": methods, "set": set_str, "seed": args.seed,
+        "judge": args.judge, "perceptual": args.perceptual,
+        "metric_notes": "pyiqa defaults: PSNR on RGB, SSIM on the Y channel" if not args.lol else
+        "pyiqa PIQE; NIQE with the MATLAB release parameters (lower is better for both)",
+        "unavailable_metrics": metrics.unavailable or "none",
+    }
+    if restorer is not None:
+        meta["restorer"] = restorer.describe()
+    wanted = {(dataset, f.stem, args.size, d, m, set_str) for f, d, m in jobs}
+    current = [r for r in rows if row_key(r) in wanted]
+    summary, md = summarise(current, methods, degradations, metrics.metrics_names(), info, cmd, meta)
+    write_json(args.out / "summary.json", summary)
+    (args.out / "summary.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
