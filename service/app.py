@@ -7,10 +7,12 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import ValidationError
 from prometheus_client import disable_created_metrics
@@ -27,6 +29,9 @@ from .routes import router
 from .settings import Settings
 
 log = logging.getLogger("upzir.api")
+
+STATIC_DIR = Path(__file__).with_name("static")
+"""The web page (plain HTML/CSS/JS, package data) served at `/`; it uses only the public API."""
 
 EXIT_CONFIG = 2
 """Exit status of `upzir serve` when the configuration is invalid (argparse's usage-error status)."""
@@ -74,6 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

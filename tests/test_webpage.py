@@ -1,0 +1,174 @@
+"""The web page at `/`, driven in a real headless Chromium against real API + worker processes (tiny prior).
+
+Playwright for Python drives Debian's `/usr/bin/chromium` (no `playwright install`). Without either, the
+tests skip with the reason, except under CI=true, where they fail: CI must install both.
+Screenshots go to $UPZIR_SCREENSHOT_DIR (default /tmp/upzir-webpage) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("UPZIR_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+SHOTS = Path(os.environ.get("UPZIR_SCREENSHOT_DIR", "/tmp/upzir-webpage"))
+JOB_TIMEOUT_MS = 120_000
+"""Upper bound for a tiny job on 2 busy CPU cores; waits end as soon as the page shows the result."""
+
+ADVANCED = {"steps": "12", "checkpoint_every": "3", "max_rounds": "2", "seed": "1"}
+"""On top of preset=fast: a job of a few seconds on the tiny prior with several checkpoints."""
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the CI image must provide it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright (python) is not installed: pip install playwright")
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        _missing(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set UPZIR_CHROMIUM)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def api(browser, module_spawn, redis_url, tiny_ldm_dir) -> str:
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    env = dict(redis_url=redis_url, model=tiny_ldm_dir, device="cpu", judge="piqe", preset="fast")
+    _, base = module_spawn.api(**env)
+    module_spawn.worker("web", **env)
+    return base
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1100, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    ctx.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def scene_png(size: tuple[int, int] = (64, 48)) -> bytes:
+    """A small picture with shapes and noise (something a person can recognise in the comparison)."""
+    import numpy as np
+
+    w, h = size
+    img = Image.new("RGB", size)
+    px = np.zeros((h, w, 3), dtype=np.float32)
+    px[..., 0] = np.linspace(40, 200, w)[None, :]
+    px[..., 1] = np.linspace(90, 180, h)[:, None]
+    px[..., 2] = 210
+    img = Image.fromarray(px.astype(np.uint8), "RGB")
+    d = ImageDraw.Draw(img)
+    d.ellipse((8, 10, 30, 32), fill=(240, 200, 40))
+    d.rectangle((36, 18, 58, 42), fill=(30, 120, 60))
+    noisy = np.asarray(img, dtype=np.float32) + np.random.default_rng(0).normal(0, 25, (h, w, 3))
+    out = io.BytesIO()
+    Image.fromarray(noisy.clip(0, 255).astype(np.uint8), "RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
+def _loaded(page, selector: str) -> bool:
+    return page.eval_on_selector(selector, "img => img.complete && img.naturalWidth > 0")
+
+
+def test_page_is_served_with_its_assets(api):
+    index = httpx.get(f"{api}/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert 'id="file"' in index.text and "/static/app.js" in index.text
+    for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        r = httpx.get(f"{api}/static/{asset}")
+        assert r.status_code == 200 and kind in r.headers["content-type"], asset
+    assert "/" not in httpx.get(f"{api}/openapi.json").json()["paths"]  # the page is not part of the API
+
+
+def test_upload_follow_checkpoints_compare_and_download(api, page):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(f"{api}/")
+    assert page.is_disabled("#submit")
+    page.set_input_files("#file", files=[{"name": "scene.png", "mimeType": "image/png", "buffer": scene_png()}])
+    page.check("input[name=preset][value=fast]")
+    page.click("details summary")
+    for name, value in ADVANCED.items():
+        page.fill(f"input[name={name}]", value)
+    page.click("#submit")
+
+    # live: status, checkpoint rows and chart points, a preview of the current estimate
+    page.wait_for_selector("#job:not([hidden])")
+    page.wait_for_selector("#checkpoints tbody tr", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_selector("#chart .point", timeout=5_000)
+    page.wait_for_function("() => { const i = document.getElementById('preview');"
+                           " return !i.hidden && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+    page.screenshot(path=str(SHOTS / "live.png"), full_page=True)
+
+    # the end: before/after comparison and a download link
+    page.wait_for_selector("#result:not([hidden])", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_function("() => ['before', 'after'].every(id => { const i = document.getElementById(id);"
+                           " return i.complete && i.naturalWidth > 0; })", timeout=10_000)
+    assert page.inner_text("#status") == "succeeded" and page.is_hidden("#cancel")
+    job_id = page.get_attribute("#job", "data-job-id")
+    job = httpx.get(f"{api}/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["input"]["params"]["preset"] == "fast"
+    assert job["input"]["params"]["steps"] == 12
+
+    n = len(job["progress"]["checkpoints"])
+    assert n >= 2
+    assert page.locator("#checkpoints tbody tr").count() == n
+    assert page.locator("#chart .point").count() == n
+    decisions = [c["decision"] for c in job["progress"]["checkpoints"]]
+    assert [page.get_attribute(f"#chart .point[data-index='{i}']", "class") for i in range(n)] == [
+        f"point d-{d}" for d in decisions
+    ]
+    assert all(_loaded(page, f"#checkpoints tbody tr:nth-child({i + 1}) img") for i in range(n))
+    assert "round" in page.inner_text("#position") and "step" in page.inner_text("#position")
+
+    page.fill("#slider", "30")
+    page.dispatch_event("#slider", "input")
+    assert "30%" in page.eval_on_selector("#after", "i => i.style.clipPath")
+
+    href = page.get_attribute("#download", "href")
+    assert href == job["urls"]["result"]
+    result = httpx.get(f"{api}{href}")
+    assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(result.content)).size == (64, 48)
+    assert page.evaluate("async h => (await fetch(h)).status", href) == 200
+    page.screenshot(path=str(SHOTS / "done.png"), full_page=True)
+    assert page.is_hidden("#error")
+
+
+def test_non_image_shows_the_api_message(api, page):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    fake = b"this is plain text pretending to be a PNG\n" * 4
+    expected = httpx.post(f"{api}/restore", files={"image": ("fake.png", fake, "image/png")})
+    assert expected.status_code == 415
+    page.goto(f"{api}/")
+    page.set_input_files("#file", files=[{"name": "fake.png", "mimeType": "image/png", "buffer": fake}])
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+    assert page.inner_text("#error") == expected.json()["detail"]
+    assert page.get_attribute("#error", "data-status") == "415"
+    assert page.is_hidden("#job")
+    page.screenshot(path=str(SHOTS / "error.png"), full_page=True)
