@@ -1,0 +1,120 @@
+"""The benchmark harnesses: seeded degradations behave as named; quality and speed run end to end on the
+tiny prior and write their files; a quality rerun resumes instead of duplicating rows. No timings are checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.degradations import DEGRADATIONS, degrade, to_array
+
+
+def _clean(size: int = 48, seed: int = 0) -> Image.Image:
+    """A smooth mid-tone test picture with some texture (gradients + seeded noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([0.3 + 0.4 * xx, 0.3 + 0.4 * yy, 0.5 + 0.2 * np.sin(6 * xx)], -1)
+    arr = np.clip(base + rng.normal(0, 0.05, base.shape), 0, 1)
+    return Image.fromarray((arr * 255).astype(np.uint8), "RGB")
+
+
+@pytest.mark.parametrize("name", sorted(DEGRADATIONS))
+def test_degradation_is_deterministic_and_in_range(name: str) -> None:
+    clean = _clean()
+    a, c = degrade(clean, name, "img0")
+    b, _ = degrade(clean, name, "img0")
+    other, _ = degrade(clean, name, "img1")
+    assert a.size == clean.size and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b)), "same key and name must give the same image"
+    assert not np.array_equal(np.asarray(a), np.asarray(other)), "another image key draws other parameters"
+    assert np.array_equal(np.asarray(c), np.asarray(clean))
+    x = to_array(a)
+    assert x.min() >= 0.0 and x.max() <= 1.0
+
+
+def test_lowlight_is_darker_and_haze_is_brighter_with_less_contrast() -> None:
+    clean = to_array(_clean())
+    for key in ("a", "b", "c"):
+        low = to_array(degrade(_clean(), "lowlight", key)[0])
+        assert low.mean() < 0.5 * clean.mean()
+        hazy = to_array(degrade(_clean(), "haze", key)[0])
+        assert hazy.mean() > clean.mean()
+        assert hazy.std() < clean.std()
+        mixed = to_array(degrade(_clean(), "lowlight+haze+noise", key)[0])
+        assert mixed.mean() < clean.mean()
+
+
+def test_noise_levels_match_sigma() -> None:
+    flat = Image.fromarray(np.full((64, 64, 3), 128, np.uint8), "RGB")
+    for sigma in (15, 25, 50):
+        noisy = np.asarray(degrade(flat, f"noise{sigma}", "k")[0], dtype=np.float64)
+        assert abs(noisy.std() - sigma) < 0.1 * sigma
+
+
+def _fake_data_root(tmp_path: Path) -> Path:
+    folder = tmp_path / "data" / "fake"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        _clean(40, seed=i).save(folder / f"im{i}.png")
+    return tmp_path / "data"
+
+
+def test_quality_runs_end_to_end_and_resumes(tiny_ldm_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import quality
+
+    out = tmp_path / "q"
+    argv = ["--model", str(tiny_ldm_dir), "--data-root", str(_fake_data_root(tmp_path)), "--data", "fake",
+            "--size", "32", "--images", "2", "--degradations", "noise25", "--methods", "input,full,dqr=off;kappa=100",
+            "--set", "steps=2,checkpoint_every=1", "--out", str(out), "--no-progress"]
+    assert quality.main(argv) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 3
+    assert {r["method"] for r in rows} == {"input", "full", "dqr=off;kappa=100"}
+    for r in rows:
+        assert r["psnr"] is not None and 0 < r["ssim"] <= 1
+        if r["method"] != "input":
+            assert r["steps_run"] == 2 and r["rounds"] == 1
+    md = (out / "summary.md").read_text()
+    assert "| noise25 | input | 2 |" in md and "| noise25 | full | 2 |" in md
+    assert "steps=2,checkpoint_every=1" in md  # the command line is in the header
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["table"]) == 3
+
+    # A rerun finds every row and restores nothing: no duplicate rows.
+    before = (out / "results.jsonl").read_text()
+    assert quality.main(argv) == 0
+    assert (out / "results.jsonl").read_text() == before
+
+    # A cut-short file (last row lost) is completed, not duplicated.
+    (out / "results.jsonl").write_text("".join(before.splitlines(keepends=True)[:-1]))
+    assert quality.main(argv) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    keys = [(r["image"], r["method"]) for r in rows]
+    assert len(keys) == 6 and len(set(keys)) == 6
+
+
+def test_quality_rejects_unknown_method(tmp_path: Path) -> None:
+    from benchmarks import quality
+
+    with pytest.raises(SystemExit):
+        quality.main(["--model", "x", "--data-root", str(_fake_data_root(tmp_path)), "--data", "fake",
+                      "--methods", "bogus", "--out", str(tmp_path / "q")])
+
+
+def test_speed_runs_on_tiny_model(tiny_ldm_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import speed
+
+    out = tmp_path / "s"
+    assert speed.main(["--model", str(tiny_ldm_dir), "--size", "32", "--presets", "fast", "--set",
+                       "steps=2,checkpoint_every=1", "--concurrent", "1,2", "--out", str(out),
+                       "--data-root", str(tmp_path / "nodata")]) == 0
+    data = json.loads((out / "speed.json").read_text())
+    assert [(r["preset"], r["concurrent"]) for r in data["rows"]] == [("fast", 1), ("fast", 2)]
+    for r in data["rows"]:
+        assert r["steps_run"] == 2 and r["ms_per_step"] > 0 and r["images_per_min"] > 0
+    assert "random" not in data["weights"]
+    assert "| fast | 2 |" in (out / "speed.md").read_text()
