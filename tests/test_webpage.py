@@ -172,3 +172,16 @@ def test_non_image_shows_the_api_message(api, page):
     assert page.get_attribute("#error", "data-status") == "415"
     assert page.is_hidden("#job")
     page.screenshot(path=str(SHOTS / "error.png"), full_page=True)
+
+
+def test_drag_and_drop_picks_the_file(api, page):
+    page.goto(f"{api}/")
+    page.evaluate("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array([137, 80, 78, 71])], 'dropped.png', {type: 'image/png'}));
+        const drop = document.getElementById('drop');
+        drop.dispatchEvent(new DragEvent('dragover', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        drop.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""")
+    assert page.eval_on_selector("#file", "i => i.files.length && i.files[0].name") == "dropped.png"
+    assert "dropped.png" in page.inner_text("#drop") and page.is_enabled("#submit")
