@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=DEFAULT_WEIGHTS_ROOT / "niqe_matlab_release" / "modelparameters.mat")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--summary-only", action="store_true",
+                   help="restore nothing: rewrite summary.json/summary.md from the rows already in results.jsonl")
     return p
 
 
@@ -249,12 +251,14 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = Metrics(tuple(metric_names), args.niqe_params)
     restorer = None
-    if configs:
+    if configs and not args.summary_only:
         restorer = Restorer.load(args.model, device=args.device, dtype=args.dtype, judge=args.judge,
                                  perceptual=args.perceptual)
 
     jobs = [(f, d, m) for f in files for d in degradations for m in methods]
     todo = [j for j in jobs if (dataset, j[0].stem, args.size, j[1], j[2], set_str) not in done]
+    if args.summary_only:
+        todo = []
     print(f"{len(jobs)} rows, {len(jobs) - len(todo)} already in {jsonl}, {len(todo)} to run", file=sys.stderr)
     with open(jsonl, "a") as fh:
         for f, deg, method in tqdm(todo, disable=args.no_progress, desc="quality"):
@@ -293,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         meta["restorer"] = restorer.describe()
     wanted = {(dataset, f.stem, args.size, d, m, set_str) for f, d, m in jobs}
     current = [r for r in rows if row_key(r) in wanted]
+    missing = len(wanted - {row_key(r) for r in current})
+    if missing:
+        meta["incomplete"] = f"{missing} of {len(wanted)} rows not run yet (rerun the command to resume)"
     summary, md = summarise(current, methods, degradations, metrics.metrics_names(), info, cmd, meta)
     write_json(args.out / "summary.json", summary)
     (args.out / "summary.md").write_text(md)

@@ -118,3 +118,19 @@ def test_speed_runs_on_tiny_model(tiny_ldm_dir: Path, tmp_path: Path) -> None:
         assert r["steps_run"] == 2 and r["ms_per_step"] > 0 and r["images_per_min"] > 0
     assert "random" not in data["weights"]
     assert "| fast | 2 |" in (out / "speed.md").read_text()
+
+
+def test_quality_lol_no_reference(tiny_ldm_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import quality
+
+    low = tmp_path / "data" / "lol_v1_eval15_lowonly_cropped" / "low"
+    low.mkdir(parents=True)
+    Image.fromarray((np.asarray(_clean(48)) * 0.2).astype(np.uint8), "RGB").save(low / "1.png")
+    out = tmp_path / "lol"
+    assert quality.main(["--model", str(tiny_ldm_dir), "--data-root", str(tmp_path / "data"), "--lol",
+                         "--size", "48", "--images", "1", "--methods", "input,full", "--set",
+                         "steps=2,checkpoint_every=1", "--out", str(out), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["input", "full"]
+    assert all(r["degradation"] == "real-lowlight" and r["piqe"] is not None for r in rows)
+    assert "PIQE" in (out / "summary.md").read_text()
