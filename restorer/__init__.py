@@ -15,8 +15,17 @@ from .errors import (
     RestorerError,
 )
 from .events import Checkpoint, Decision, RestoreResult, StepEvent
-from .pipeline import Restorer
-from .prior import DEFAULT_MODEL, Prior, load_prior
+
+_LAZY = {"Restorer": "pipeline", "Prior": "prior", "load_prior": "prior", "DEFAULT_MODEL": "prior"}
+"""Heavy names (torch, diffusers) load on first use, so `restorer.config` stays cheap for the API process."""
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_MODEL", "DEFAULT_PRESET", "PRESETS", "Checkpoint", "ConfigError", "Decision", "ImageError",

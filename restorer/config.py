@@ -93,7 +93,10 @@ class RestoreConfig(BaseModel):
     max_rounds: int = Field(3, ge=1, le=10, description="Cap on re-noise rounds.")
     renoise_strength: float = Field(0.5, gt=0.0, lt=1.0, description="Re-noise to t' = strength·T.")
     min_guided_intervals: int = Field(
-        1, ge=0, description="No exit before guidance has acted for this many intervals Δ."
+        5, ge=0,
+        description="No exit (and no best-estimate pick) before guidance has acted for this many intervals Δ. "
+        "Mid-schedule x̂0 are blurry and offline judges (PIQE) rate them well: with 1 interval, DQR exited at "
+        "t≈500 and lost 3–8 dB on mini-ldm (measured); 5 keeps exits to the last ~20% of the schedule.",
     )
 
     @model_validator(mode="after")
