@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The main job: set up, then run the restoration service locally (Redis + one worker + the API).
+#
+#   ./run.sh                                   # production prior (SD 2.1-base from the HF cache/hub), serve
+#   ./run.sh --model ../shared/weights/mini-ldm  # any local diffusers LDM folder instead
+#   ./run.sh --model DIR --demo photo.png        # also restore one image through the API, write out/, exit
+#
+# Options: --model ID_OR_PATH (UPZIR_MODEL) · --device cuda|cpu|auto (UPZIR_DEVICE) · --preset NAME
+# (UPZIR_PRESET) · --port N (UPZIR_PORT) · --demo IMAGE · --no-setup (skip installs)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+demo="" setup=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --model) export UPZIR_MODEL="$2"; shift 2 ;;
+    --device) export UPZIR_DEVICE="$2"; shift 2 ;;
+    --preset) export UPZIR_PRESET="$2"; shift 2 ;;
+    --port) export UPZIR_PORT="$2"; shift 2 ;;
+    --demo) demo="$2"; shift 2 ;;
+    --no-setup) setup=0; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$demo" ] && [ ! -f "$demo" ]; then echo "run.sh: --demo $demo: no such file" >&2; exit 2; fi
+[ "$setup" = 1 ] && UPZIR_EXTRAS=${UPZIR_EXTRAS:-test} bash scripts/setup.sh
+
+port=${UPZIR_PORT:-8000}
+mkdir -p out
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+echo "== worker (model ${UPZIR_MODEL:-default}) → out/worker.log"
+$PY -m restorer.cli worker >out/worker.log 2>&1 & pids+=($!)
+echo "== api on http://127.0.0.1:${port}/ → out/api.log"
+UPZIR_PORT=$port $PY -m restorer.cli serve >out/api.log 2>&1 & pids+=($!)
+
+echo "== waiting for a worker with its model loaded (/readyz)"
+for _ in $(seq 600); do
+  for p in "${pids[@]}"; do
+    if ! kill -0 "$p" 2>/dev/null; then echo "run.sh: a process exited; last log lines:" >&2; tail -n 5 out/worker.log out/api.log >&2; exit 1; fi
+  done
+  curl -fsS "http://127.0.0.1:${port}/readyz" >/dev/null 2>&1 && break
+  sleep 1
+done
+curl -fsS "http://127.0.0.1:${port}/readyz" >/dev/null || { echo "run.sh: not ready after 10 min" >&2; exit 1; }
+echo "ready: web page http://127.0.0.1:${port}/ · API docs http://127.0.0.1:${port}/docs · metrics /metrics"
+
+if [ -n "$demo" ]; then
+  $PY - "$demo" "$port" <<'PYEOF'
+import sys
+from pathlib import Path
+from service.client import RestoreClient
+
+src, port = Path(sys.argv[1]), sys.argv[2]
+client = RestoreClient(f"http://127.0.0.1:{port}")
+job = client.submit(src)
+print(f"submitted job {job['id']}")
+for ev in client.events(job["id"]):
+    if ev.event == "checkpoint":
+        d = ev.data
+        print(f"  round {d.get('round')} step {d.get('step')}/{d.get('total_steps')} t={d.get('t')} "
+              f"score {d.get('score', 0):.3f} → {d.get('decision')}")
+    elif ev.event in ("status", "completed"):
+        print(f"  {ev.event}: {ev.data.get('status') if isinstance(ev.data, dict) else ev.data}")
+done = client.wait(job["id"], timeout=3600)
+out = Path("out") / f"{src.stem}-restored.png"
+out.write_bytes(client.result(job["id"]))
+m = done["metrics"]
+print(f"{done['status']}: {out} ({m['steps_run']} steps, {m['rounds']} round(s), early exit {done['early_exit']}, {m['run_s']:.1f} s)")
+PYEOF
+  exit 0
+fi
+wait -n "${pids[@]}"
