@@ -6,11 +6,12 @@
 #   ./run.sh --model DIR --demo photo.png        # also restore one image through the API, write out/, exit
 #
 # Options: --model ID_OR_PATH (UPZIR_MODEL) · --device cuda|cpu|auto (UPZIR_DEVICE) · --preset NAME
-# (UPZIR_PRESET) · --port N (UPZIR_PORT) · --demo IMAGE · --no-setup (skip installs)
+# (UPZIR_PRESET) · --port N (UPZIR_PORT) · --demo IMAGE · --set FIELD=VALUE (a POST /restore form field
+# for the demo job, e.g. --set max_pixels=65536) · --no-setup (skip installs)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
-demo="" setup=1
+demo="" setup=1 fields=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) export UPZIR_MODEL="$2"; shift 2 ;;
@@ -18,8 +19,9 @@ while [ $# -gt 0 ]; do
     --preset) export UPZIR_PRESET="$2"; shift 2 ;;
     --port) export UPZIR_PORT="$2"; shift 2 ;;
     --demo) demo="$2"; shift 2 ;;
+    --set) fields+=("$2"); shift 2 ;;
     --no-setup) setup=0; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,14 +51,18 @@ curl -fsS "http://127.0.0.1:${port}/readyz" >/dev/null || { echo "run.sh: not re
 echo "ready: web page http://127.0.0.1:${port}/ · API docs http://127.0.0.1:${port}/docs · metrics /metrics"
 
 if [ -n "$demo" ]; then
-  $PY - "$demo" "$port" <<'PYEOF'
+  $PY - "$demo" "$port" "${fields[@]}" <<'PYEOF'
 import sys
 from pathlib import Path
-from service.client import RestoreClient
+from service.client import ClientError, RestoreClient
 
 src, port = Path(sys.argv[1]), sys.argv[2]
+fields = dict(f.split("=", 1) for f in sys.argv[3:])
 client = RestoreClient(f"http://127.0.0.1:{port}")
-job = client.submit(src)
+try:
+    job = client.submit(src, **fields)
+except ClientError as exc:
+    sys.exit(f"run.sh: the API refused the demo job: {exc}")
 print(f"submitted job {job['id']}")
 for ev in client.events(job["id"]):
     if ev.event == "checkpoint":

@@ -113,7 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 20.3 → 24.9 dB with DQR off (κ=4000 over-steers at this length).
     "balanced": {"steps": 50, "checkpoint_every": 5, "kappa": 2000.0},
     # Fewest steps that still restore; checkpoints every 20% of the schedule.
-    "fast": {"steps": 30, "checkpoint_every": 6, "kappa": 4000.0},
+    "fast": {"steps": 30, "checkpoint_every": 6, "kappa": 4000.0, "min_guided_intervals": 2},
 }
 
 

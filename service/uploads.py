@@ -60,6 +60,10 @@ class RestoreParams(BaseModel):
     max_rounds: int | None = Field(None, ge=1, le=10, description="Cap on DQR re-noise rounds.")
     eta: float | None = Field(None, ge=0, le=1, description="DQR exit threshold on the score gain.")
     dqr: Literal["on", "off"] | None = Field(None, description="off: one round on a fixed schedule.")
+    max_pixels: int | None = Field(
+        None, ge=64 * 64, le=4096 * 4096,
+        description="Sample at most this many pixels (larger inputs are downscaled, the result is resized back).",
+    )
     webhook: AnyHttpUrl | None = Field(None, description="POSTed the final job object when the job ends.")
 
     def overrides(self) -> dict[str, Any]:
