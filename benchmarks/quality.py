@@ -130,7 +130,18 @@ class Metrics:
 
 # --- resume -------------------------------------------------------------------------------------------
 def row_key(row: dict[str, Any]) -> tuple:
-    return (row["dataset"], row["image"], row["size"], row["degradation"], row["method"], row.get("set", ""))
+    """Rows match only under the same sampler config, so a resumed run never mixes in stale defaults."""
+    return (row["dataset"], row["image"], row["size"], row["degradation"], row["method"], row.get("set", ""),
+            row.get("config_hash", ""))
+
+
+def config_hash(cfg: Any) -> str:
+    """Short fingerprint of a resolved RestoreConfig ('' for the degraded input itself)."""
+    if cfg is None:
+        return ""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -256,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                                  perceptual=args.perceptual)
 
     jobs = [(f, d, m) for f in files for d in degradations for m in methods]
-    todo = [j for j in jobs if (dataset, j[0].stem, args.size, j[1], j[2], set_str) not in done]
+    hashes = {m: config_hash(configs.get(m)) for m in methods}
+    todo = [j for j in jobs if (dataset, j[0].stem, args.size, j[1], j[2], set_str, hashes[j[2]]) not in done]
     if args.summary_only:
         todo = []
     print(f"{len(jobs)} rows, {len(jobs) - len(todo)} already in {jsonl}, {len(todo)} to run", file=sys.stderr)
@@ -268,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 lq, clean = degrade(centre_crop(src, args.size), deg, f.stem)
             row: dict[str, Any] = {"dataset": dataset, "image": f.stem, "size": args.size, "degradation": deg,
-                                   "method": method, "set": set_str}
+                                   "method": method, "set": set_str, "config_hash": hashes[method]}
             if method == "input":
                 out = lq
                 row.update(steps_run=None, rounds=None, early_exit=None, seconds=None, final_score=None)
@@ -278,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = res.image
                 row.update(steps_run=res.steps_run, rounds=res.rounds, early_exit=res.early_exit,
                            seconds=round(time.perf_counter() - t0, 3), final_score=res.final_score,
-                           terms=res.terms, judge=res.judge)
+                           terms=res.terms, judge=res.judge, config=res.config)
             row.update(metrics.score(out, clean))
             fh.write(json.dumps(row) + "\n")
             fh.flush()
@@ -295,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if restorer is not None:
         meta["restorer"] = restorer.describe()
-    wanted = {(dataset, f.stem, args.size, d, m, set_str) for f, d, m in jobs}
+    wanted = {(dataset, f.stem, args.size, d, m, set_str, hashes[m]) for f, d, m in jobs}
     current = [r for r in rows if row_key(r) in wanted]
     missing = len(wanted - {row_key(r) for r in current})
     if missing:
