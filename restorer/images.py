@@ -100,7 +100,7 @@ def prepare(img: Image.Image, geom: Geometry) -> torch.Tensor:
 
 
 def finish(x: torch.Tensor, geom: Geometry) -> Image.Image:
-    """Padded canvas → PIL at exactly the input size."""
+    """Canvas (padded, or already cropped) → PIL at exactly the input size."""
     img = tensor_to_pil(geom.crop(x))
     if img.size != geom.input_size:
         img = img.resize(geom.input_size, RESAMPLE)

@@ -80,14 +80,12 @@ class Restorer:
         out = sample_upzir(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
 
         peak = torch.cuda.max_memory_allocated(self.prior.device) if self.prior.device.type == "cuda" else None
-        final = out.checkpoints[-1] if out.checkpoints else None
-        best = max(out.checkpoints, key=lambda c: c.score) if out.checkpoints and cfg.dqr == "on" else final
         return RestoreResult(
-            image=images.finish(out.estimate, geom),
+            image=images.finish(out.chosen.estimate, geom),
             steps_run=out.steps_run,
             rounds=out.rounds,
             early_exit=out.early_exit,
-            final_score=best.score if best else None,
+            final_score=out.chosen.score,
             judge=judge.name,
             terms=guidance.active_terms,
             checkpoints=out.checkpoints,

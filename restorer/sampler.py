@@ -35,7 +35,7 @@ RENOISE_SEED_OFFSET = 7919
 
 @dataclass
 class SampleOutput:
-    estimate: torch.Tensor  # chosen x̂0, (1,3,H,W) in [0,1] on the padded canvas
+    chosen: Checkpoint  # the returned estimate: best eligible score (DQR on) or the last checkpoint
     checkpoints: list[Checkpoint]
     steps_run: int
     rounds: int
@@ -102,7 +102,6 @@ def sample_upzir(
     full_schedule = prior.timesteps(cfg.steps)
     schedule, rnd, steps_run = full_schedule, 1, 0
     checkpoints: list[Checkpoint] = []
-    estimates: list[torch.Tensor] = []
     while True:
         guided_steps = 0
         for i, t in enumerate(schedule):
@@ -135,20 +134,19 @@ def sample_upzir(
             round_end = i + 1 == len(schedule)
             if (i + 1) % cfg.checkpoint_every and not round_end:
                 continue
-            estimate = x0.detach().clamp(0, 1)
+            estimate = crop(x0.detach().clamp(0, 1))
             if judge is not None:
-                score, raw = judge.score(crop(estimate))
+                score, raw = judge.score(estimate)
             else:
                 score = raw = float("nan")
             decision = policy.decide(score, round_end=round_end, round=rnd, guided_steps=guided_steps)
             cp = Checkpoint(rnd, i + 1, len(schedule), steps_run, t, score, raw, decision,
-                            time.perf_counter() - start, crop(estimate).cpu())
+                            time.perf_counter() - start, estimate.cpu())
             checkpoints.append(cp)
-            estimates.append(estimate)
             if on_checkpoint is not None:
                 on_checkpoint(cp)
             if decision is Decision.EXIT:
-                return SampleOutput(estimates[policy.best_index], checkpoints, steps_run, rnd, not round_end)
+                return SampleOutput(checkpoints[policy.best_index], checkpoints, steps_run, rnd, not round_end)
 
         if decision is Decision.RENOISE:
             t_restart = round(cfg.renoise_strength * T)
@@ -157,5 +155,5 @@ def sample_upzir(
             rnd += 1
             policy.new_round()
             continue
-        chosen = estimates[policy.best_index] if policy.enabled and judge is not None else estimates[-1]
+        chosen = checkpoints[policy.best_index] if policy.enabled else checkpoints[-1]
         return SampleOutput(chosen, checkpoints, steps_run, rnd, False)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from restorer import Decision, RestoreCanceled, Restorer, resolve_config
+from restorer.images import tensor_to_pil
 from restorer.judge import load_judge
 from restorer.prior import load_prior
 from restorer_helpers import random_image, rising_judge, scripted_judge
@@ -126,3 +127,15 @@ def test_rgba_and_greyscale_inputs(prior, piqe):
     r = restorer_with(prior, piqe)
     for img in (Image.new("RGBA", (12, 10), (5, 5, 5, 128)), Image.new("L", (12, 10), 80)):
         assert r.restore(img, resolve_config("fast", FAST)).image.size == (12, 10)
+
+
+def test_result_is_the_chosen_checkpoint_never_an_unguided_one(prior):
+    """The first checkpoints come before guidance acts (unconditional samples): even when the judge loves them,
+    the returned image and its reported score come from a guided checkpoint."""
+    judge = scripted_judge([0.99, 0.99, 0.3, 0.5, 0.7, 0.71])
+    cfg = resolve_config("fast", {**FAST, "steps": 12, "checkpoint_every": 2, "min_guided_intervals": 1})
+    result = restorer_with(prior, judge).restore(random_image(20, 20), cfg)
+    assert result.final_score < 0.99
+    chosen = [c for c in result.checkpoints if c.score == result.final_score]
+    assert chosen and chosen[0].step > 4
+    np.testing.assert_array_equal(np.asarray(result.image), np.asarray(tensor_to_pil(chosen[0].estimate)))
