@@ -100,8 +100,14 @@ def _run_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+QUIET_LOGGERS = ("bitsandbytes",)
+"""Pulled in by diffusers via pyiqa; warns at import about an optional CPU kernel we never use."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     if argv and argv[0] in SUBCOMMANDS:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
