@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -138,5 +137,3 @@ def load_perceptual(mode: str, device: torch.device) -> PerceptualLoss | None:
         return None
     return PerceptualLoss(net.features[:VGG_RELU2_2]).to(device)
 
-
-TermFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -26,19 +26,18 @@ from .sampler import CancelCheck, CheckpointCallback, StepCallback, sample_upzir
 class Restorer:
     """A loaded prior + quality judge(s) + optional perceptual net, ready to restore many images."""
 
-    def __init__(self, prior: Prior, judge: QualityJudge, perceptual: PerceptualLoss | None,
-                 judge_spec: str = "auto") -> None:
+    def __init__(self, prior: Prior, judge: QualityJudge, perceptual: PerceptualLoss | None) -> None:
         self.prior = prior
         self.perceptual = perceptual
         self.judge = judge
-        self._judges: dict[str, QualityJudge] = {judge_spec: judge, judge.name: judge}
+        self._judges: dict[str, QualityJudge] = {judge.name: judge}
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: Dtype = "fp32",
              judge: str = "auto", perceptual: str = "auto") -> "Restorer":
         """Load everything once (the worker calls this at start, never per job)."""
         prior = load_prior(model, device, dtype)
-        return cls(prior, load_judge(judge, prior.device), load_perceptual(perceptual, prior.device), judge)
+        return cls(prior, load_judge(judge, prior.device), load_perceptual(perceptual, prior.device))
 
     def judge_for(self, spec: str) -> QualityJudge:
         """The judge a config asks for (`auto`: the one loaded at start); others load on first use and stay."""

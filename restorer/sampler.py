@@ -81,7 +81,7 @@ def renoise(prior: Prior, z0: torch.Tensor, t: int, generator: torch.Generator) 
 def sample_upzir(
     prior: Prior,
     guidance: DegradationGuidance,
-    judge: QualityJudge | None,
+    judge: QualityJudge,
     cfg: RestoreConfig,
     crop: Callable[[torch.Tensor], torch.Tensor],
     on_step: StepCallback | None = None,
@@ -97,7 +97,7 @@ def sample_upzir(
     gen = torch.Generator().manual_seed(cfg.seed)
     z = torch.randn((1, prior.latent_channels, h, w), generator=gen).to(prior.device)
     renoise_gen = torch.Generator().manual_seed(cfg.seed + RENOISE_SEED_OFFSET)
-    policy = DQRPolicy(cfg.dqr == "on" and judge is not None, cfg.eta, cfg.max_rounds, cfg.min_guided_intervals * cfg.checkpoint_every)
+    policy = DQRPolicy(cfg.dqr == "on", cfg.eta, cfg.max_rounds, cfg.min_guided_intervals * cfg.checkpoint_every)
 
     full_schedule = prior.timesteps(cfg.steps)
     schedule, rnd, steps_run = full_schedule, 1, 0
@@ -135,10 +135,7 @@ def sample_upzir(
             if (i + 1) % cfg.checkpoint_every and not round_end:
                 continue
             estimate = crop(x0.detach().clamp(0, 1))
-            if judge is not None:
-                score, raw = judge.score(estimate)
-            else:
-                score = raw = float("nan")
+            score, raw = judge.score(estimate)
             decision = policy.decide(score, round_end=round_end, round=rnd, guided_steps=guided_steps)
             cp = Checkpoint(rnd, i + 1, len(schedule), steps_run, t, score, raw, decision,
                             time.perf_counter() - start, estimate.cpu())
