@@ -7,6 +7,7 @@ queues.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from .guidance import DegradationGuidance
 from .judge import QualityJudge, load_judge
 from .losses import PerceptualLoss, load_perceptual
 from .prior import DEFAULT_MODEL, Dtype, Prior, load_prior
-from .sampler import CancelCheck, CheckpointCallback, StepCallback, sample_upzir
+from .sampler import BatchSampler, CancelCheck, CheckpointCallback, SamplerRun, StepCallback
 
 
 class Restorer:
@@ -54,6 +55,32 @@ class Restorer:
             "perceptual": self.perceptual is not None,
         }
 
+    def prepare(
+        self,
+        image: Image.Image,
+        config: RestoreConfig | None = None,
+        *,
+        on_checkpoint: CheckpointCallback | None = None,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> "PreparedRestore":
+        """Set up one restoration (geometry, x_lq, φ, z_T) for a `BatchSampler`; nothing is sampled yet."""
+        cfg = config or resolve_config()
+        if cfg.perceptual == "on" and self.perceptual is None:
+            raise ConfigError("perceptual=on but VGG16 weights were not loaded (see the worker log)")
+        perceptual = None if cfg.perceptual == "off" else self.perceptual
+        judge = self.judge_for(cfg.judge)
+        start = time.perf_counter()
+        geom = images.plan_geometry(image.size, cfg.max_pixels, self.prior.pad_multiple)
+        x_lq = images.prepare(image, geom).to(self.prior.device)
+        guidance = DegradationGuidance(self.prior, x_lq, cfg, perceptual)
+        run = SamplerRun(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
+        return PreparedRestore(run, geom, guidance, judge.name, cfg, start)
+
+    def batch(self, max_batch: int) -> BatchSampler:
+        """A batcher over this prior: `add(prepared.run)`, `step()`, then `prepared.result()` per job."""
+        return BatchSampler(self.prior, max_batch)
+
     def restore(
         self,
         image: Image.Image,
@@ -64,33 +91,95 @@ class Restorer:
         should_cancel: CancelCheck | None = None,
     ) -> RestoreResult:
         """Restore one image; the output has exactly the input's size. Raises RestoreCanceled on cancel."""
-        cfg = config or resolve_config()
-        if cfg.perceptual == "on" and self.perceptual is None:
-            raise ConfigError("perceptual=on but VGG16 weights were not loaded (see the worker log)")
-        perceptual = None if cfg.perceptual == "off" else self.perceptual
-        judge = self.judge_for(cfg.judge)
-        start = time.perf_counter()
-        if self.prior.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.prior.device)
+        return self.restore_many([(image, config)], on_checkpoint=on_checkpoint, on_step=on_step,
+                                 should_cancel=should_cancel)[0].unwrap()
 
-        geom = images.plan_geometry(image.size, cfg.max_pixels, self.prior.pad_multiple)
-        x_lq = images.prepare(image, geom).to(self.prior.device)
-        guidance = DegradationGuidance(self.prior, x_lq, cfg, perceptual)
-        out = sample_upzir(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
+    def restore_many(
+        self,
+        jobs: list[tuple[Image.Image, RestoreConfig | None]],
+        max_batch: int | None = None,
+        *,
+        on_checkpoint: CheckpointCallback | None = None,
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list["Outcome"]:
+        """Restore several images in shared batches (all at once by default); one outcome per job, in order.
 
-        peak = torch.cuda.max_memory_allocated(self.prior.device) if self.prior.device.type == "cuda" else None
+        A failure or cancel ends only its own job. Callbacks, when given, are shared by every job.
+        """
+        reset_peak_memory(self.prior.device)
+        slots: list[PreparedRestore | Outcome] = []
+        for img, cfg in jobs:
+            try:
+                slots.append(self.prepare(img, cfg, on_checkpoint=on_checkpoint, on_step=on_step,
+                                          should_cancel=should_cancel))
+            except Exception as exc:  # bad config or image: this job's outcome, the others still run
+                slots.append(Outcome(None, exc))
+        batch = self.batch(max_batch or max(1, len(jobs)))
+        for slot in slots:
+            if isinstance(slot, PreparedRestore):
+                batch.add(slot.run)
+        batch.run_until_done()
+        return [Outcome.of(s) if isinstance(s, PreparedRestore) else s for s in slots]
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Peak allocated bytes on a CUDA device since the last reset (the process's, batch members share it)."""
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+@dataclass
+class PreparedRestore:
+    """One restoration set up for sampling: its `SamplerRun` plus what turns the run's output into a result."""
+
+    run: SamplerRun
+    geom: images.Geometry
+    guidance: DegradationGuidance
+    judge: str
+    cfg: RestoreConfig
+    start: float
+
+    def result(self) -> RestoreResult:
+        """The finished job's result; raises what ended the run otherwise (RestoreCanceled, an error)."""
+        out = self.run.result()
         return RestoreResult(
-            image=images.finish(out.chosen.estimate, geom),
+            image=images.finish(out.chosen.estimate, self.geom),
             steps_run=out.steps_run,
             rounds=out.rounds,
             early_exit=out.early_exit,
             final_score=out.chosen.score,
-            judge=judge.name,
-            terms=guidance.active_terms,
+            judge=self.judge,
+            terms=self.guidance.active_terms,
             checkpoints=out.checkpoints,
-            seconds=time.perf_counter() - start,
-            config=cfg.model_dump(),
-            input_size=geom.input_size,
-            sampled_size=geom.sampled_size,
-            peak_memory_bytes=peak,
+            seconds=time.perf_counter() - self.start,
+            config=self.cfg.model_dump(),
+            input_size=self.geom.input_size,
+            sampled_size=self.geom.sampled_size,
+            peak_memory_bytes=peak_memory(self.run.prior.device),
         )
+
+
+@dataclass
+class Outcome:
+    """A job's result or the exception that ended it."""
+
+    result: RestoreResult | None
+    error: BaseException | None
+
+    @classmethod
+    def of(cls, prepared: PreparedRestore) -> "Outcome":
+        try:
+            return cls(prepared.result(), None)
+        except Exception as exc:
+            return cls(None, exc)
+
+    def unwrap(self) -> RestoreResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result

@@ -82,9 +82,15 @@ class Prior:
 
     # -- noise prediction and schedule -----------------------------------------------------------
     @torch.no_grad()
-    def predict_noise(self, z: torch.Tensor, t: int) -> torch.Tensor:
-        """ε = UNet(z_t, t, c); no gradient through the UNet (the paper's and LD-RPS's choice)."""
-        tt = torch.full((z.shape[0],), t, device=self.device, dtype=torch.long)
+    def predict_noise(self, z: torch.Tensor, t: int | list[int]) -> torch.Tensor:
+        """ε = UNet(z_t, t, c); t is one step for the batch or one per sample (batched jobs at their own t).
+
+        No gradient through the UNet (the paper's and LD-RPS's choice).
+        """
+        if isinstance(t, int):
+            tt = torch.full((z.shape[0],), t, device=self.device, dtype=torch.long)
+        else:
+            tt = torch.tensor(t, device=self.device, dtype=torch.long)
         if self.cond is None:
             out = self.unet(z.to(self.dtype), tt).sample
         else:

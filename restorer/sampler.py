@@ -1,16 +1,22 @@
 """The UP-ZeroIR sampling loop: guided DDIM (η=0) with PCDM, DegLoss and DQR (ALGORITHM.md §3, §7).
 
-One function, `sample_upzir`, that reads like the algorithm. Per step: predict ε, form ẑ0, decode x̂0 with
-grad, train φ once, take the guidance gradient through the decoder, DDIM step + g. Every Δ steps the judge
-scores x̂0 and DQR decides exit / refine / re-noise. Callbacks: `on_step(StepEvent)` each step and
-`on_checkpoint(Checkpoint)` each checkpoint; `should_cancel()` is polled every step.
+Per step: predict ε, form ẑ0, decode x̂0 with grad, train φ once, take the guidance gradient through the
+decoder, DDIM step + g. Every Δ steps the judge scores x̂0 and DQR decides exit / refine / re-noise.
+Callbacks: `on_step(StepEvent)` each step and `on_checkpoint(Checkpoint)` each checkpoint; `should_cancel()`
+is polled every step.
+
+One restoration is a `SamplerRun` (its latent, schedule position, φ, DQR state). `BatchSampler.step` advances
+every active run by one step, sharing the UNet call and the decoder pass (with its backward) among runs of
+the same latent shape, while everything per-image (φ, its optimiser, J, the RMS cap, DQR, seeds) stays per
+run — so a run's result does not depend on who it was batched with. Runs may join between steps (continuous
+batching) and leave when they finish, fail or are canceled. `sample_upzir` is the one-run case.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -78,6 +84,215 @@ def renoise(prior: Prior, z0: torch.Tensor, t: int, generator: torch.Generator) 
     return a**0.5 * z0 + (1 - a) ** 0.5 * noise
 
 
+class SamplerRun:
+    """The sampling state of one restoration, advanced one step at a time by a `BatchSampler`."""
+
+    def __init__(
+        self,
+        prior: Prior,
+        guidance: DegradationGuidance,
+        judge: QualityJudge,
+        cfg: RestoreConfig,
+        crop: Callable[[torch.Tensor], torch.Tensor],
+        on_step: StepCallback | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> None:
+        self.prior, self.guidance, self.judge, self.cfg, self.crop = prior, guidance, judge, cfg, crop
+        self.on_step, self.on_checkpoint, self.should_cancel = on_step, on_checkpoint, should_cancel
+        self.start = time.perf_counter()
+        self.guide_below = cfg.guidance_start_t * prior.num_train_timesteps / 1000  # warm-up: no guidance above
+        x_lq = guidance.x_lq
+        h, w = x_lq.shape[-2] // prior.vae_factor, x_lq.shape[-1] // prior.vae_factor
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.z = torch.randn((1, prior.latent_channels, h, w), generator=gen).to(prior.device)
+        self.renoise_gen = torch.Generator().manual_seed(cfg.seed + RENOISE_SEED_OFFSET)
+        self.policy = DQRPolicy(
+            cfg.dqr == "on", cfg.eta, cfg.max_rounds, cfg.min_guided_intervals * cfg.checkpoint_every
+        )
+        self.full_schedule = prior.timesteps(cfg.steps)
+        self.schedule, self.i, self.round, self.steps_run, self.guided_steps = self.full_schedule, 0, 1, 0, 0
+        self.checkpoints: list[Checkpoint] = []
+        self.output: SampleOutput | None = None
+        self.error: BaseException | None = None
+        self._eps: torch.Tensor | None = None
+        self._z0: torch.Tensor | None = None
+
+    # -- state seen by the batcher ---------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.output is not None or self.error is not None
+
+    @property
+    def t(self) -> int:
+        return self.schedule[self.i]
+
+    @property
+    def guided(self) -> bool:
+        return self.t < self.guide_below
+
+    def fail(self, exc: BaseException) -> None:
+        """End this run with `exc` (raised to its caller); other runs in the batch go on."""
+        self.error = exc
+
+    def poll_cancel(self) -> None:
+        try:
+            if self.should_cancel is not None and self.should_cancel():
+                self.fail(RestoreCanceled(self.steps_run))
+        except Exception as exc:  # a broken cancel check ends this run, not the batch
+            self.fail(exc)
+
+    def result(self) -> SampleOutput:
+        """The output of a finished run; re-raises what ended it otherwise (RestoreCanceled, an error)."""
+        if self.error is not None:
+            raise self.error
+        if self.output is None:
+            raise RuntimeError("the run has not finished; advance it with BatchSampler.step()")
+        return self.output
+
+    # -- one step, in three parts around the shared UNet call and decoder pass --------------------
+    def begin(self, eps: torch.Tensor) -> torch.Tensor:
+        """Step 1 after the UNet: ẑ0 from z_t and ε, latent outliers clamped."""
+        self._eps = eps
+        self._z0 = clamp_outliers(predict_z0(self.prior, self.z, eps, self.t), self.cfg.clamp_percentile)
+        return self._z0
+
+    def objective(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """Step 3: one PCDM update on detached x̂0; then J on x̂0 (graph back to ẑ0) when guidance acts."""
+        self.guidance.train_step(x0)
+        return self.guidance.guidance_loss(x0, self.t) if self.guided else None
+
+    def finish(self, x0: torch.Tensor, grad: torch.Tensor | None) -> None:
+        """Steps 4–5: z_{t−1} = DDIM(z_t, ε) + g; then the step callback and, every Δ, a DQR checkpoint."""
+        cfg, t = self.cfg, self.t
+        t_prev = self.schedule[self.i + 1] if self.i + 1 < len(self.schedule) else -1
+        z_next = ddim_step(self.prior, self._z0.detach(), self._eps, t_prev)
+        if grad is not None:
+            z_next = z_next + guidance_step(grad, cfg.kappa, cfg.guidance_rms_cap)
+            self.guided_steps += 1
+        self.z = z_next.detach()
+        self.steps_run += 1
+        self.i += 1
+        if self.on_step is not None:
+            self.on_step(StepEvent(self.round, self.i, len(self.schedule), self.steps_run, t, self._elapsed()))
+        round_end = self.i == len(self.schedule)
+        if self.i % cfg.checkpoint_every and not round_end:
+            return
+        decision = self._checkpoint(x0, t, round_end)
+        if decision is Decision.EXIT:
+            self.output = SampleOutput(
+                self.checkpoints[self.policy.best_index], self.checkpoints, self.steps_run, self.round, not round_end
+            )
+        elif decision is Decision.RENOISE:
+            self._renoise()
+        elif round_end:
+            chosen = self.checkpoints[self.policy.best_index] if self.policy.enabled else self.checkpoints[-1]
+            self.output = SampleOutput(chosen, self.checkpoints, self.steps_run, self.round, False)
+
+    def _checkpoint(self, x0: torch.Tensor, t: int, round_end: bool) -> Decision:
+        """The judge scores x̂0; DQR decides exit / refine / re-noise."""
+        estimate = self.crop(x0.detach().clamp(0, 1))
+        score, raw = self.judge.score(estimate)
+        decision = self.policy.decide(score, round_end=round_end, round=self.round, guided_steps=self.guided_steps)
+        cp = Checkpoint(self.round, self.i, len(self.schedule), self.steps_run, t, score, raw, decision,
+                        self._elapsed(), estimate.cpu())
+        self.checkpoints.append(cp)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(cp)
+        return decision
+
+    def _renoise(self) -> None:
+        """A new round from the last ẑ0, started at the schedule's first t ≤ strength·T."""
+        t_restart = round(self.cfg.renoise_strength * self.prior.num_train_timesteps)
+        self.schedule = [t for t in self.full_schedule if t <= t_restart] or self.full_schedule[-1:]
+        self.z = renoise(self.prior, self._z0.detach(), self.schedule[0], self.renoise_gen)
+        self.i, self.guided_steps = 0, 0
+        self.round += 1
+        self.policy.new_round()
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+class BatchSampler:
+    """Advances many `SamplerRun`s together; runs of one latent shape share UNet and decoder calls."""
+
+    def __init__(self, prior: Prior, max_batch: int = 1) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
+        self.prior, self.max_batch = prior, max_batch
+        self.runs: list[SamplerRun] = []
+
+    def add(self, run: SamplerRun) -> None:
+        """Join between steps; the run's next step is batched with the others."""
+        self.runs.append(run)
+
+    @property
+    def active(self) -> int:
+        return len(self.runs)
+
+    def step(self) -> list[SamplerRun]:
+        """One step for every active run; returns the runs that ended in it (finished, failed or canceled)."""
+        for run in self.runs:
+            run.poll_cancel()
+        for group in self._groups([r for r in self.runs if not r.done]):
+            try:
+                self._step_group(group)
+            except Exception as exc:  # a shared call failed (e.g. out of memory): every run in it fails
+                for run in group:
+                    if not run.done:
+                        run.fail(exc)
+        ended = [r for r in self.runs if r.done]
+        self.runs = [r for r in self.runs if not r.done]
+        return ended
+
+    def run_until_done(self) -> None:
+        while self.runs:
+            self.step()
+
+    def _groups(self, runs: list[SamplerRun]) -> Iterator[list[SamplerRun]]:
+        by_shape: dict[tuple[int, ...], list[SamplerRun]] = {}
+        for run in runs:
+            by_shape.setdefault(tuple(run.z.shape), []).append(run)
+        for same in by_shape.values():
+            for k in range(0, len(same), self.max_batch):
+                yield same[k : k + self.max_batch]
+
+    def _step_group(self, group: list[SamplerRun]) -> None:
+        # 1. ε = UNet(z_t, t, c) for the whole group (each run at its own t)
+        eps = self.prior.predict_noise(torch.cat([r.z for r in group]), [r.t for r in group])
+        z0 = [r.begin(e) for r, e in zip(group, eps.split(1))]
+        # 2–5 per sub-batch: guided runs decode with grad (one backward for all), the others without
+        for guided in (True, False):
+            idx = [k for k, r in enumerate(group) if r.guided is guided]
+            if idx:
+                self._decode_and_finish([group[k] for k in idx], torch.cat([z0[k] for k in idx]), guided)
+
+    @staticmethod
+    def _decode_and_finish(runs: list[SamplerRun], z0: torch.Tensor, guided: bool) -> None:
+        z0 = z0.detach().requires_grad_(guided)
+        with torch.set_grad_enabled(guided):
+            x0 = runs[0].prior.decode(z0)
+        objectives: dict[int, torch.Tensor] = {}
+        for k, run in enumerate(runs):
+            try:
+                loss = run.objective(x0[k : k + 1])  # φ trains with autograd on, whether or not guidance acts
+                if loss is not None:
+                    objectives[k] = loss
+            except Exception as exc:  # this image's terms failed: only this run ends
+                run.fail(exc)
+        grads = None
+        if objectives:  # J of each run depends only on its own slice: one backward gives every ∂J_k/∂ẑ0_k
+            (grads,) = torch.autograd.grad(torch.stack(list(objectives.values())).sum(), z0)
+        for k, run in enumerate(runs):
+            if run.done:
+                continue
+            try:
+                run.finish(x0[k : k + 1].detach(), grads[k : k + 1] if k in objectives else None)
+            except Exception as exc:  # judge or callback failed: only this run ends
+                run.fail(exc)
+
+
 def sample_upzir(
     prior: Prior,
     guidance: DegradationGuidance,
@@ -88,69 +303,9 @@ def sample_upzir(
     on_checkpoint: CheckpointCallback | None = None,
     should_cancel: CancelCheck | None = None,
 ) -> SampleOutput:
-    """UP-ZeroIR posterior sampling with dynamic quality refinement."""
-    start = time.perf_counter()
-    T = prior.num_train_timesteps
-    guide_below = cfg.guidance_start_t * T / 1000  # warm-up: no guidance while t ≥ this
-    x_lq = guidance.x_lq
-    h, w = x_lq.shape[-2] // prior.vae_factor, x_lq.shape[-1] // prior.vae_factor
-    gen = torch.Generator().manual_seed(cfg.seed)
-    z = torch.randn((1, prior.latent_channels, h, w), generator=gen).to(prior.device)
-    renoise_gen = torch.Generator().manual_seed(cfg.seed + RENOISE_SEED_OFFSET)
-    policy = DQRPolicy(cfg.dqr == "on", cfg.eta, cfg.max_rounds, cfg.min_guided_intervals * cfg.checkpoint_every)
-
-    full_schedule = prior.timesteps(cfg.steps)
-    schedule, rnd, steps_run = full_schedule, 1, 0
-    checkpoints: list[Checkpoint] = []
-    while True:
-        guided_steps = 0
-        for i, t in enumerate(schedule):
-            if should_cancel is not None and should_cancel():
-                raise RestoreCanceled(steps_run)
-            t_prev = schedule[i + 1] if i + 1 < len(schedule) else -1
-            guided = t < guide_below
-
-            # 1. ε = UNet(z_t, t, c); ẑ0 from z_t; clamp latent outliers
-            eps = prior.predict_noise(z, t)
-            z0 = clamp_outliers(predict_z0(prior, z, eps, t), cfg.clamp_percentile)
-            # 2. x̂0 = (D(ẑ0)+1)/2, with gradient w.r.t. ẑ0 only when guidance acts
-            z0 = z0.detach().requires_grad_(guided)
-            with torch.set_grad_enabled(guided):
-                x0 = prior.decode(z0)
-            # 3. PCDM: one optimiser step on detached x̂0
-            guidance.train_step(x0)
-            # 4–5. J through φ(x̂0) and the decoder; g = −κ·∂J/∂ẑ0; z_{t−1} = DDIM(z_t, ε) + g
-            z_next = ddim_step(prior, z0.detach(), eps, t_prev)
-            if guided:
-                (grad,) = torch.autograd.grad(guidance.guidance_loss(x0, t), z0)
-                z_next = z_next + guidance_step(grad, cfg.kappa, cfg.guidance_rms_cap)
-                guided_steps += 1
-            z = z_next.detach()
-            steps_run += 1
-            if on_step is not None:
-                on_step(StepEvent(rnd, i + 1, len(schedule), steps_run, t, time.perf_counter() - start))
-
-            # DQR checkpoint every Δ steps (and at the end of the round)
-            round_end = i + 1 == len(schedule)
-            if (i + 1) % cfg.checkpoint_every and not round_end:
-                continue
-            estimate = crop(x0.detach().clamp(0, 1))
-            score, raw = judge.score(estimate)
-            decision = policy.decide(score, round_end=round_end, round=rnd, guided_steps=guided_steps)
-            cp = Checkpoint(rnd, i + 1, len(schedule), steps_run, t, score, raw, decision,
-                            time.perf_counter() - start, estimate.cpu())
-            checkpoints.append(cp)
-            if on_checkpoint is not None:
-                on_checkpoint(cp)
-            if decision is Decision.EXIT:
-                return SampleOutput(checkpoints[policy.best_index], checkpoints, steps_run, rnd, not round_end)
-
-        if decision is Decision.RENOISE:
-            t_restart = round(cfg.renoise_strength * T)
-            schedule = [t for t in full_schedule if t <= t_restart] or full_schedule[-1:]
-            z = renoise(prior, z0.detach(), schedule[0], renoise_gen)
-            rnd += 1
-            policy.new_round()
-            continue
-        chosen = checkpoints[policy.best_index] if policy.enabled else checkpoints[-1]
-        return SampleOutput(chosen, checkpoints, steps_run, rnd, False)
+    """UP-ZeroIR posterior sampling with dynamic quality refinement, for one image."""
+    run = SamplerRun(prior, guidance, judge, cfg, crop, on_step, on_checkpoint, should_cancel)
+    batch = BatchSampler(prior)
+    batch.add(run)
+    batch.run_until_done()
+    return run.result()
