@@ -9,9 +9,10 @@
 RANDOM weights (timing does not depend on weight values), saves it in diffusers layout to a cache folder
 and loads it through the production loader (`Restorer.load`). Reports say "random weights".
 
-Concurrency N runs N restorations in N threads on one loaded Restorer and reports aggregate images/min.
-This measures how well concurrent jobs share one device; true batching (several images in one UNet call)
-is future work.
+Two ways to run N jobs at once on one loaded Restorer, both reporting aggregate images/min:
+`--concurrent N`: N restorations in N threads (each its own UNet calls; what N workers on one device do);
+`--batch N`: N restorations as one batch (`Restorer.restore_many`: shared UNet and decoder calls; what one
+worker with UPZIR_MAX_BATCH=N does).
 """
 
 from __future__ import annotations
@@ -148,8 +149,8 @@ class RssPeak:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def run_batch(restorer, image: Image.Image, cfg_for_seed, n: int, device: str) -> dict[str, Any]:
-    """n restorations in n threads; wall time, per-image figures and peak memory."""
+def run_batch(restorer, image: Image.Image, cfg_for_seed, n: int, device: str, batched: bool) -> dict[str, Any]:
+    """n restorations, in n threads or as one batch; wall time, per-image figures and peak memory."""
     import torch
 
     results: list[Any] = [None] * n
@@ -161,13 +162,23 @@ def run_batch(restorer, image: Image.Image, cfg_for_seed, n: int, device: str) -
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
+    def work_batched() -> None:
+        outcomes = restorer.restore_many([(image, cfg_for_seed(i)) for i in range(n)], max_batch=n)
+        for i, o in enumerate(outcomes):
+            if o.error is not None:
+                errors.append(o.error)
+            results[i] = o.result
+
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_alloc = torch.cuda.memory_allocated()
     ru_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    if batched:
+        threads = [threading.Thread(target=work_batched)]
+    else:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
     with RssPeak() as rss:
         t0 = time.perf_counter()
         for t in threads:
@@ -182,6 +193,7 @@ def run_batch(restorer, image: Image.Image, cfg_for_seed, n: int, device: str) -
     secs = [r.seconds for r in results]
     steps = [r.steps_run for r in results]
     out: dict[str, Any] = {
+        "mode": "batch" if batched else "threads",
         "concurrent": n,
         "wall_s": wall,
         "images_per_min": 60.0 * n / wall,
@@ -214,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--concurrent", default="1", help="comma-separated thread counts, e.g. 1,2,4")
+    p.add_argument("--batch", default="", help="comma-separated batch sizes, e.g. 2,4 (one restore_many each)")
     p.add_argument("--judge", default="piqe")
     p.add_argument("--perceptual", default="off", choices=["auto", "on", "off"])
     p.add_argument("--no-warmup", action="store_true", help="skip the 1-step warm-up restoration")
@@ -228,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = command_line() if argv is None else "python -m benchmarks.speed " + " ".join(argv)
     presets = [s.strip() for s in args.presets.split(",") if s.strip()]
-    conc = [int(c) for c in args.concurrent.split(",") if c.strip()]
+    runs = [(int(c), False) for c in args.concurrent.split(",") if c.strip()]
+    runs += [(int(c), True) for c in args.batch.split(",") if c.strip()]
     overrides = parse_set(args.set_)
     for pr in presets:  # fail on a bad preset/override before loading anything
         resolve_config(pr, {**overrides, "seed": 0})
@@ -251,10 +265,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for pr in presets:
-        for n in conc:
-            print(f"preset {pr}, {n} concurrent ...", file=sys.stderr, flush=True)
+        for n, batched in runs:
+            print(f"preset {pr}, {n} {'batched' if batched else 'concurrent'} ...", file=sys.stderr, flush=True)
             r = run_batch(restorer, image, lambda i, pr=pr: resolve_config(pr, {**overrides, "seed": i}), n,
-                          args.device)
+                          args.device, batched)
             rows.append({"preset": pr, **r})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
@@ -262,17 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"model": args.arch or args.model, "weights": weights, "size": args.size, "dtype": args.dtype,
             "input": image_desc, "set": overrides or "none", "judge": args.judge, "perceptual": args.perceptual,
             "load_s": round(load_s, 2), "restorer": restorer.describe(),
-            "concurrency_note": "N restorations in N threads on one loaded Restorer; true batching is future work"}
+            "concurrency_note": "threads: N restorations in N threads; batch: N restorations in one restore_many "
+                                "(shared UNet and decoder calls); both on one loaded Restorer"}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "speed.json", {"machine": info, "command": cmd, **meta, "rows": rows})
     mem_col = "peak CUDA MB" if args.device.startswith("cuda") else "peak RSS Δ MB"
     md = [header_md("Speed benchmark", info, cmd)]
     md += [f"- {k}: {v}" for k, v in meta.items() if k != "restorer"]
-    md += ["", f"| preset | concurrent | s/img | ms/step | steps | rounds | images/min | {mem_col} |",
-           "|---|---|---|---|---|---|---|---|"]
+    md += ["", f"| preset | mode | N | s/img | ms/step | steps | rounds | images/min | {mem_col} |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mem = r.get("cuda_peak_mb") if args.device.startswith("cuda") else r["rss_peak_delta_mb"]
-        md.append(f"| {r['preset']} | {r['concurrent']} | {fmt(r['seconds_per_image'], 2)} | "
+        md.append(f"| {r['preset']} | {r.get('mode', 'threads')} | {r['concurrent']} | {fmt(r['seconds_per_image'], 2)} | "
                   f"{fmt(r['ms_per_step'], 0)} | {fmt(r['steps_run'], 1)} | {fmt(r['rounds'], 2)} | "
                   f"{fmt(r['images_per_min'], 2)} | {fmt(mem, 0)} |")
     (args.out / "speed.md").write_text("\n".join(md) + "\n")

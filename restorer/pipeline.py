@@ -71,11 +71,15 @@ class Restorer:
         perceptual = None if cfg.perceptual == "off" else self.perceptual
         judge = self.judge_for(cfg.judge)
         start = time.perf_counter()
-        geom = images.plan_geometry(image.size, cfg.max_pixels, self.prior.pad_multiple)
+        geom = self.canvas(image.size, cfg)
         x_lq = images.prepare(image, geom).to(self.prior.device)
         guidance = DegradationGuidance(self.prior, x_lq, cfg, perceptual)
         run = SamplerRun(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
         return PreparedRestore(run, geom, guidance, judge.name, cfg, start)
+
+    def canvas(self, size: tuple[int, int], config: RestoreConfig) -> images.Geometry:
+        """Where an image of `size` is sampled: jobs with the same padded canvas can share a batch."""
+        return images.plan_geometry(size, config.max_pixels, self.prior.pad_multiple)
 
     def batch(self, max_batch: int) -> BatchSampler:
         """A batcher over this prior: `add(prepared.run)`, `step()`, then `prepared.result()` per job."""

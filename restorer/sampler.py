@@ -35,6 +35,9 @@ CancelCheck = Callable[[], bool]
 RMS_EPS = 1e-12
 """Keeps the RMS cap finite when the gradient is exactly zero."""
 
+PHASE_PREFIX = "upzir."
+"""Profiler labels of the step's parts: unet, decode, pcdm_train, guidance_loss, guidance_backward, judge."""
+
 RENOISE_SEED_OFFSET = 7919
 """Re-noise draws use their own generator stream, offset from the seed of z_T."""
 
@@ -46,6 +49,11 @@ class SampleOutput:
     steps_run: int
     rounds: int
     early_exit: bool
+
+
+def phase(name: str) -> torch.profiler.record_function:
+    """Label a part of the step for torch.profiler (benchmarks/profile_step.py); near-free when not profiling."""
+    return torch.profiler.record_function(f"{PHASE_PREFIX}{name}")
 
 
 def predict_z0(prior: Prior, z: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
@@ -159,8 +167,12 @@ class SamplerRun:
 
     def objective(self, x0: torch.Tensor) -> torch.Tensor | None:
         """Step 3: one PCDM update on detached x̂0; then J on x̂0 (graph back to ẑ0) when guidance acts."""
-        self.guidance.train_step(x0)
-        return self.guidance.guidance_loss(x0, self.t) if self.guided else None
+        with phase("pcdm_train"):
+            self.guidance.train_step(x0)
+        if not self.guided:
+            return None
+        with phase("guidance_loss"):
+            return self.guidance.guidance_loss(x0, self.t)
 
     def finish(self, x0: torch.Tensor, grad: torch.Tensor | None) -> None:
         """Steps 4–5: z_{t−1} = DDIM(z_t, ε) + g; then the step callback and, every Δ, a DQR checkpoint."""
@@ -192,7 +204,8 @@ class SamplerRun:
     def _checkpoint(self, x0: torch.Tensor, t: int, round_end: bool) -> Decision:
         """The judge scores x̂0; DQR decides exit / refine / re-noise."""
         estimate = self.crop(x0.detach().clamp(0, 1))
-        score, raw = self.judge.score(estimate)
+        with phase("judge"):
+            score, raw = self.judge.score(estimate)
         decision = self.policy.decide(score, round_end=round_end, round=self.round, guided_steps=self.guided_steps)
         cp = Checkpoint(self.round, self.i, len(self.schedule), self.steps_run, t, score, raw, decision,
                         self._elapsed(), estimate.cpu())
@@ -260,18 +273,20 @@ class BatchSampler:
 
     def _step_group(self, group: list[SamplerRun]) -> None:
         # 1. ε = UNet(z_t, t, c) for the whole group (each run at its own t)
-        eps = self.prior.predict_noise(torch.cat([r.z for r in group]), [r.t for r in group])
+        with phase("unet"):
+            eps = self.prior.predict_noise(torch.cat([r.z for r in group]), [r.t for r in group])
         z0 = [r.begin(e) for r, e in zip(group, eps.split(1))]
         # 2–5 per sub-batch: guided runs decode with grad (one backward for all), the others without
+        flags = [r.guided for r in group]  # fixed before any run advances
         for guided in (True, False):
-            idx = [k for k, r in enumerate(group) if r.guided is guided]
+            idx = [k for k, flag in enumerate(flags) if flag is guided]
             if idx:
                 self._decode_and_finish([group[k] for k in idx], torch.cat([z0[k] for k in idx]), guided)
 
     @staticmethod
     def _decode_and_finish(runs: list[SamplerRun], z0: torch.Tensor, guided: bool) -> None:
         z0 = z0.detach().requires_grad_(guided)
-        with torch.set_grad_enabled(guided):
+        with torch.set_grad_enabled(guided), phase("decode"):
             x0 = runs[0].prior.decode(z0)
         objectives: dict[int, torch.Tensor] = {}
         for k, run in enumerate(runs):
@@ -283,7 +298,8 @@ class BatchSampler:
                 run.fail(exc)
         grads = None
         if objectives:  # J of each run depends only on its own slice: one backward gives every ∂J_k/∂ẑ0_k
-            (grads,) = torch.autograd.grad(torch.stack(list(objectives.values())).sum(), z0)
+            with phase("guidance_backward"):
+                (grads,) = torch.autograd.grad(torch.stack(list(objectives.values())).sum(), z0)
         for k, run in enumerate(runs):
             if run.done:
                 continue

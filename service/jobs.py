@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 import redis
 from pydantic import BaseModel
@@ -616,6 +616,35 @@ class JobStore:
             return None
         h[b"status"], h[b"started_at"], h[b"worker"] = b"processing", repr(now).encode(), worker_id.encode()
         return h
+
+    def claim_queued(
+        self, worker_id: str, limit: int, scan: int, accept: Callable[[dict[bytes, bytes]], bool]
+    ) -> list[tuple[str, int, dict[bytes, bytes]]]:
+        """Start up to `limit` queued jobs that `accept` takes, from the first `scan` queue entries (batching).
+
+        The store's queued → processing compare-and-set makes the claim: a worker that dequeues the same RQ
+        entry later finds the job started and skips it; the entry is then dropped so no worker wastes a
+        dequeue on it. A crash after the claim leaves a processing job of this worker: the reaper handles it.
+        """
+        claimed: list[tuple[str, int, dict[bytes, bytes]]] = []
+        for raw in self.redis.lrange(self.queue.key, 0, scan - 1):
+            if len(claimed) >= limit:
+                break
+            job_id, _, attempt_s = raw.decode().rpartition("-")
+            if not job_id or not attempt_s.isdigit():
+                continue  # not one of ours
+            attempt = int(attempt_s)
+            h = self.redis.hgetall(self.keys.job(job_id))
+            if as_str(h.get(b"status")) != JobStatus.QUEUED.value or as_int(h.get(b"attempt")) != attempt:
+                continue
+            if not accept(h):
+                continue
+            snapshot = self.start(job_id, attempt, worker_id)
+            if snapshot is None:
+                continue  # canceled or taken meanwhile
+            self._drop_rq_job(raw.decode())
+            claimed.append((job_id, attempt, snapshot))
+        return claimed
 
     def load_input(self, job_id: str) -> bytes | None:
         return self.redis.get(self.keys.input(job_id))

@@ -125,6 +125,30 @@ class Settings(BaseSettings):
     )
     api_reaper: bool = Field(True, description="The API also reaps, so jobs of dead workers fail even with no worker.")
 
+    # --- batching and memory (worker) ----------------------------------------------------------------
+    max_batch: int = Field(
+        4, ge=1,
+        description="Jobs one worker samples together (shared UNet and decoder calls; jobs join between steps). "
+        "A UNet pass costs about the same for 4 images as for 1 on an H100/H200; 1 turns batching off.",
+    )
+    batch_scan_depth: int = Field(
+        32, ge=1, description="How far down the queue a worker looks for jobs that can join its batch (same canvas)."
+    )
+    memory_budget_mb: int | None = Field(
+        None, ge=1,
+        description="Accelerator memory for jobs, in MiB. None: on CUDA, gpu_memory_fraction of the device minus "
+        "the loaded model; on the CPU, no limit.",
+    )
+    gpu_memory_fraction: float = Field(
+        0.9, gt=0.0, le=1.0, description="Share of the GPU a worker may fill; the rest absorbs fragmentation."
+    )
+    job_bytes_per_pixel: float = Field(
+        16384.0, gt=0.0,
+        description="Memory one job needs per canvas pixel before any is measured: SD 2.1's decoder and encoder "
+        "graphs in bf16 at 512² come to about 4 GiB (16 KiB/px, estimated). On CUDA the worker replaces it with "
+        "the largest per-step peak it has measured.",
+    )
+
     # --- progress and notifications ---------------------------------------------------------------
     preview_max_side: int = Field(256, ge=16, description="Checkpoint previews: enough for a progress strip.")
     sse_ping_s: float = Field(15.0, gt=0, description="SSE keep-alive comment: under common 30-60 s proxy timeouts.")

@@ -110,14 +110,15 @@ def test_speed_runs_on_tiny_model(tiny_ldm_dir: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "s"
     assert speed.main(["--model", str(tiny_ldm_dir), "--size", "32", "--presets", "fast", "--set",
-                       "steps=2,checkpoint_every=1", "--concurrent", "1,2", "--out", str(out),
+                       "steps=2,checkpoint_every=1", "--concurrent", "1,2", "--batch", "2", "--out", str(out),
                        "--data-root", str(tmp_path / "nodata")]) == 0
     data = json.loads((out / "speed.json").read_text())
-    assert [(r["preset"], r["concurrent"]) for r in data["rows"]] == [("fast", 1), ("fast", 2)]
+    assert [(r["preset"], r["mode"], r["concurrent"]) for r in data["rows"]] == [
+        ("fast", "threads", 1), ("fast", "threads", 2), ("fast", "batch", 2)]
     for r in data["rows"]:
         assert r["steps_run"] == 2 and r["ms_per_step"] > 0 and r["images_per_min"] > 0
     assert "random" not in data["weights"]
-    assert "| fast | 2 |" in (out / "speed.md").read_text()
+    assert "| fast | batch | 2 |" in (out / "speed.md").read_text()
 
 
 def test_quality_lol_no_reference(tiny_ldm_dir: Path, tmp_path: Path) -> None:

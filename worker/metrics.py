@@ -52,6 +52,9 @@ class WorkerMetrics:
             "restore_gpu_memory_peak_bytes", "Peak accelerator memory of the last job (0 on CPU).", registry=r
         )
         self.worker_busy = Gauge("restore_worker_busy", "1 while a job runs.", registry=r)
+        self.batch_size = Gauge(
+            "restore_worker_batch_size", "Jobs this worker is sampling together right now.", registry=r
+        )
         for outcome in OUTCOMES:
             self.job_duration.labels(outcome=outcome)
             for early in ("true", "false"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from service.jobs import JobStatus, JobStore, as_float, as_str
 from service.settings import Settings
 
+from .memory import JobTooLarge, MemoryBudget
 from .metrics import WorkerMetrics
 from .progress import ProgressWriter
 from .webhooks import deliver_in_background
@@ -43,6 +46,7 @@ class Runtime:
     metrics: WorkerMetrics
     worker_id: str
     shutdown_cancel: threading.Event = field(default_factory=threading.Event)
+    budget: MemoryBudget | None = None  # made on first use, for the restorer's device
 
 
 _runtime: Runtime | None = None
@@ -84,100 +88,241 @@ def _encode_png(img: Image.Image) -> bytes:
 
 
 def restore_job(job_id: str, attempt: int) -> dict[str, Any]:
-    """Run one attempt of job `job_id`; returns a small summary for RQ (the result lives in the store)."""
+    """Run job `job_id` (this attempt) as the host of a batch; returns a small summary for RQ.
+
+    While the batch has room, compatible queued jobs (same canvas, memory permitting) are claimed from the
+    queue and join between steps; each ends on its own (result, failure, cancel) as its run ends. The
+    results live in the store; RQ only sees this host job.
+    """
     rt = current()
-    store, settings, metrics = rt.store, rt.settings, rt.metrics
-    snapshot = store.start(job_id, attempt, rt.worker_id)
+    snapshot = rt.store.start(job_id, attempt, rt.worker_id)
     if snapshot is None:
         log.info("job %s attempt %d: not queued any more (canceled, expired or superseded); skipped", job_id, attempt)
         return {"job_id": job_id, "skipped": True}
-
-    from restorer.config import resolve_config
-    from restorer.errors import ConfigError, ImageError, RestoreCanceled, RestorerError
-
-    metrics.worker_busy.set(1)
-    t0 = time.monotonic()
-    created, started = as_float(snapshot.get(b"created_at")), as_float(snapshot.get(b"started_at"))
-    if created is not None and started is not None:
-        metrics.queue_wait.observe(max(0.0, started - created))
-    webhook = as_str(snapshot.get(b"webhook")) or None
-    progress = ProgressWriter(store, job_id, attempt, metrics, settings)
-    stop: list[str] = []
-
-    def should_cancel() -> bool:
-        if progress.lost:
-            stop.append(_Stop.LOST)
-        elif rt.shutdown_cancel.is_set():
-            stop.append(_Stop.SHUTDOWN)
-        elif time.monotonic() - t0 > settings.job_timeout_s:
-            stop.append(_Stop.TIMEOUT)
-        elif progress.cancel_requested():
-            stop.append(_Stop.REQUEST)
-        return bool(stop)
-
-    status, error, result_png, fields, early_exit = JobStatus.FAILED, None, None, {}, False
-    result = None
+    host = JobAttempt(rt, job_id, attempt, snapshot)
+    batch = rt.restorer.batch(rt.settings.max_batch)
+    budget = memory_budget(rt)
+    members: dict[int, JobAttempt] = {}
+    rt.metrics.worker_busy.set(1)
     try:
-        data = store.load_input(job_id)
-        if data is None:
-            raise ImageError("the uploaded image expired before the job started; submit it again")
-        params = json.loads(as_str(snapshot.get(b"params")) or "{}")
+        if host.open(budget, pixels_in_use=0):
+            batch.add(host.prepared.run)
+            members[id(host.prepared.run)] = host
+        while batch.active:
+            _admit(rt, batch, budget, members)
+            rt.metrics.batch_size.set(batch.active)
+            budget.begin_step()
+            ended = batch.step()
+            peak = budget.end_step(sum(m.pixels for m in members.values()))
+            for m in members.values():
+                m.observe_peak(peak)
+            for run in ended:
+                if members.pop(id(run)).close() and run.error is None:
+                    budget.job_completed()
+    except JobTimeoutException:  # RQ's backstop fired outside a sampler step: every member ends with it
+        for m in members.values():
+            m.abort(f"timed out after {rt.settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S)")
+        raise
+    except BaseException:  # SystemExit/KeyboardInterrupt: a forced shutdown; record it, then let it through
+        for m in members.values():
+            m.abort("the worker was stopped during the job (forced shutdown)")
+        raise
+    finally:
+        rt.metrics.worker_busy.set(0)
+        rt.metrics.batch_size.set(0)
+    return {"job_id": job_id, "status": host.status.value if not host.lost else "lost"}
+
+
+def memory_budget(rt: Runtime) -> MemoryBudget:
+    if rt.budget is None:
+        rt.budget = MemoryBudget.for_device(rt.restorer.prior.device, rt.settings)
+    return rt.budget
+
+
+def _admit(rt: Runtime, batch: Any, budget: MemoryBudget, members: dict[int, "JobAttempt"]) -> None:
+    """Claim queued jobs whose canvas matches the batch's (they share its UNet calls) while room and memory last."""
+    room = rt.settings.max_batch - batch.active
+    if room <= 0 or not members:
+        return
+    canvas = next(iter(members.values())).canvas
+    in_use = sum(m.pixels for m in members.values())
+
+    def accept(h: dict[bytes, bytes]) -> bool:
+        nonlocal in_use
+        size = _canvas_of(rt, h)
+        if size != canvas or not budget.fits(in_use, size[0] * size[1]):
+            return False
+        in_use += size[0] * size[1]
+        return True
+
+    try:
+        claimed = rt.store.claim_queued(rt.worker_id, room, rt.settings.batch_scan_depth, accept)
+    except RedisError as exc:  # no new members this step; the running ones go on
+        log.warning("could not look for jobs to batch (%s)", exc)
+        return
+    for job_id, attempt, snapshot in claimed:
+        joiner = JobAttempt(rt, job_id, attempt, snapshot)
+        if joiner.open(budget, pixels_in_use=sum(m.pixels for m in members.values())):
+            batch.add(joiner.prepared.run)
+            members[id(joiner.prepared.run)] = joiner
+            extend_backstop(rt.settings.job_timeout_s + rt.settings.worker_lost_after_s)
+            log.info("job %s attempt %d joined the batch (%d active)", job_id, attempt, batch.active)
+
+
+def extend_backstop(seconds: float) -> None:
+    """Keep RQ's SIGALRM backstop, armed for the host job, beyond a newly joined member's own deadline.
+
+    Each member has its own cooperative timeout (`job_timeout_s`); without this, the host's alarm could fire
+    while a late joiner still has time left. Nothing happens when no alarm is armed (not under RQ).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    remaining = signal.alarm(0)
+    if remaining:
+        signal.alarm(max(remaining, math.ceil(seconds)))
+
+
+def _canvas_of(rt: Runtime, h: dict[bytes, bytes]) -> tuple[int, int] | None:
+    """The padded canvas a queued job will sample on (None when its record cannot say)."""
+    from restorer.config import resolve_config
+    from restorer.errors import ConfigError
+
+    try:
+        params = json.loads(as_str(h.get(b"params")) or "{}")
         cfg = resolve_config(params.pop("preset", None), params)
-        image = _decode(data)
-        result = rt.restorer.restore(
-            image,
-            cfg,
-            on_checkpoint=progress.on_checkpoint,
-            on_step=progress.on_step,
-            should_cancel=should_cancel,
-        )
-        result_png = _encode_png(result.image)
+        size = (int(as_str(h.get(b"width")) or 0), int(as_str(h.get(b"height")) or 0))
+    except (ConfigError, ValueError):
+        return None
+    if min(size) < 1:
+        return None
+    return rt.restorer.canvas(size, cfg).padded_size
+
+
+class JobAttempt:
+    """One job attempt in this worker: opening it for the batch, its cancel check, and storing its outcome."""
+
+    def __init__(self, rt: Runtime, job_id: str, attempt: int, snapshot: dict[bytes, bytes]) -> None:
+        self.rt, self.job_id, self.attempt = rt, job_id, attempt
+        self.t0 = time.monotonic()
+        created, started = as_float(snapshot.get(b"created_at")), as_float(snapshot.get(b"started_at"))
+        if created is not None and started is not None:
+            rt.metrics.queue_wait.observe(max(0.0, started - created))
+        self.webhook = as_str(snapshot.get(b"webhook")) or None
+        self.params = json.loads(as_str(snapshot.get(b"params")) or "{}")
+        self.progress = ProgressWriter(rt.store, job_id, attempt, rt.metrics, rt.settings)
+        self.stop: list[str] = []
+        self.prepared: Any = None  # restorer.pipeline.PreparedRestore once open
+        self.canvas: tuple[int, int] = (0, 0)
+        self.peak: int | None = None
+        self.status = JobStatus.FAILED
+
+    @property
+    def pixels(self) -> int:
+        return self.canvas[0] * self.canvas[1]
+
+    @property
+    def lost(self) -> bool:
+        return bool(self.stop) and self.stop[0] == _Stop.LOST
+
+    def should_cancel(self) -> bool:
+        rt = self.rt
+        if self.progress.lost:
+            self.stop.append(_Stop.LOST)
+        elif rt.shutdown_cancel.is_set():
+            self.stop.append(_Stop.SHUTDOWN)
+        elif time.monotonic() - self.t0 > rt.settings.job_timeout_s:
+            self.stop.append(_Stop.TIMEOUT)
+        elif self.progress.cancel_requested():
+            self.stop.append(_Stop.REQUEST)
+        return bool(self.stop)
+
+    def open(self, budget: MemoryBudget, pixels_in_use: int) -> bool:
+        """Input, config, memory check and sampler set-up; False (the job already ended, failed) on any error."""
+        from restorer.config import resolve_config
+        from restorer.errors import ImageError
+
+        try:
+            data = self.rt.store.load_input(self.job_id)
+            if data is None:
+                raise ImageError("the uploaded image expired before the job started; submit it again")
+            params = dict(self.params)
+            cfg = resolve_config(params.pop("preset", None), params)
+            image = _decode(data)
+            self.canvas = self.rt.restorer.canvas(image.size, cfg).padded_size
+            budget.check_alone(self.canvas)
+            self.prepared = self.rt.restorer.prepare(
+                image, cfg, on_checkpoint=self.progress.on_checkpoint, on_step=self.progress.on_step,
+                should_cancel=self.should_cancel,
+            )
+            return True
+        except Exception as exc:
+            self.canvas = (0, 0)
+            self._record(exc)
+            return False
+
+    def observe_peak(self, peak: int | None) -> None:
+        if peak is not None:
+            self.peak = max(self.peak or 0, peak)
+
+    def close(self) -> bool:
+        """Store the ended run's outcome; True when it succeeded."""
+        try:
+            result = self.prepared.result()
+        except Exception as exc:
+            self._record(exc)
+            return False
+        self.status = JobStatus.SUCCEEDED
         early_exit = bool(result.early_exit)
-        status = JobStatus.SUCCEEDED
-        fields = {
+        fields: dict[str, Any] = {
             "early_exit": "1" if early_exit else "0",
             "steps_run": result.steps_run,
             "rounds": result.rounds,
-            "run_s": round(time.monotonic() - t0, 3),
         }
         if result.final_score is not None:
             fields["last_score"] = result.final_score
-    except RestoreCanceled as exc:
-        why = stop[0] if stop else _Stop.REQUEST
-        fields = {"steps_run": exc.steps_run}
-        if why == _Stop.TIMEOUT:
-            error = (
-                f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S) at step {exc.steps_run};"
-                " use fewer steps, a faster preset or a smaller image"
-            )
-        elif why == _Stop.SHUTDOWN:
-            status = JobStatus.CANCELED
-            error = f"canceled after {exc.steps_run} steps: the worker shut down (UPZIR_SHUTDOWN=cancel); submit again"
-        elif why == _Stop.LOST:
-            error = "this attempt was taken over (reaped or re-queued) while it ran"
-        else:
-            status = JobStatus.CANCELED
-            error = f"canceled by request after {exc.steps_run} steps"
-    except (ConfigError, ImageError) as exc:
-        error = f"invalid job: {exc}"
-    except RestorerError as exc:
-        error = f"restoration failed: {exc}"
-    except JobTimeoutException:
-        error = f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S)"
-    except Exception as exc:  # the job failed, the worker goes on
-        log.exception("job %s failed", job_id)
-        error = _describe_crash(exc)
-    except BaseException:  # SystemExit/KeyboardInterrupt: a forced shutdown; record it, then let it through
-        _end(rt, job_id, attempt, JobStatus.FAILED, "the worker was stopped during the job (forced shutdown)",
-             None, {}, webhook, t0, False, None)
-        raise
-    finally:
-        metrics.worker_busy.set(0)
-    if stop and stop[0] == _Stop.LOST:
-        log.warning("job %s attempt %d: no longer ours, result discarded", job_id, attempt)
-        return {"job_id": job_id, "status": "lost"}
-    _end(rt, job_id, attempt, status, error, result_png, fields, webhook, t0, early_exit, result)
-    return {"job_id": job_id, "status": status.value}
+        result.peak_memory_bytes = self.peak
+        _end(self.rt, self.job_id, self.attempt, self.status, None, _encode_png(result.image), fields,
+             self.webhook, self.t0, early_exit, result)
+        return True
+
+    def abort(self, error: str) -> None:
+        _end(self.rt, self.job_id, self.attempt, JobStatus.FAILED, error, None, {}, self.webhook, self.t0, False, None)
+
+    def _record(self, exc: Exception) -> None:
+        """Map what ended the job to a terminal status and an error a person can act on, and store it."""
+        from restorer.errors import ConfigError, ImageError, RestoreCanceled, RestorerError
+
+        settings, status, fields = self.rt.settings, JobStatus.FAILED, {}
+        if isinstance(exc, RestoreCanceled):
+            why = self.stop[0] if self.stop else _Stop.REQUEST
+            fields = {"steps_run": exc.steps_run}
+            if why == _Stop.TIMEOUT:
+                error = (
+                    f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S) at step {exc.steps_run};"
+                    " use fewer steps, a faster preset or a smaller image"
+                )
+            elif why == _Stop.SHUTDOWN:
+                status = JobStatus.CANCELED
+                error = f"canceled after {exc.steps_run} steps: the worker shut down (UPZIR_SHUTDOWN=cancel); submit again"
+            elif why == _Stop.LOST:
+                log.warning("job %s attempt %d: no longer ours, result discarded", self.job_id, self.attempt)
+                return
+            else:
+                status = JobStatus.CANCELED
+                error = f"canceled by request after {exc.steps_run} steps"
+        elif isinstance(exc, (ConfigError, ImageError)):
+            error = f"invalid job: {exc}"
+        elif isinstance(exc, JobTooLarge):
+            error = str(exc)
+        elif isinstance(exc, RestorerError):
+            error = f"restoration failed: {exc}"
+        elif isinstance(exc, JobTimeoutException):
+            error = f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S)"
+        else:  # the job failed, the worker goes on
+            log.error("job %s failed", self.job_id, exc_info=exc)
+            error = _describe_crash(exc)
+        self.status = status
+        _end(self.rt, self.job_id, self.attempt, status, error, None, fields, self.webhook, self.t0, False, None)
 
 
 def _describe_crash(exc: Exception) -> str:
