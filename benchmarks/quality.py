@@ -135,13 +135,22 @@ def row_key(row: dict[str, Any]) -> tuple:
             row.get("config_hash", ""))
 
 
+LATER_FIELDS = ("pcdm_fused",)
+"""Options added after results were committed: left out of the fingerprint while at their default (they do not
+change what the sampler does then), so rows made before they existed still match."""
+
+
 def config_hash(cfg: Any) -> str:
     """Short fingerprint of a resolved RestoreConfig ('' for the degraded input itself)."""
     if cfg is None:
         return ""
     import hashlib
 
-    return hashlib.sha256(json.dumps(cfg.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    values = cfg.model_dump()
+    for name in LATER_FIELDS:
+        if values.get(name) == type(cfg).model_fields[name].default:
+            values.pop(name, None)
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -83,6 +83,12 @@ class RestoreConfig(BaseModel):
         "identity", description="identity: φ starts as x ↦ x (works at short schedules); random: only f3 identity."
     )
     pcdm_width: int = Field(64, ge=4, description="f1/f2 base width (f2 goes width→2w→4w).")
+    pcdm_fused: bool = Field(
+        False,
+        description="On guided steps, train φ from the same forward/backward as the guidance gradient (guidance "
+        "then uses φ from before this step's update, a 1e-5-lr step apart) instead of a second pass through φ "
+        "and the encoder. Off: the paper's order (train, then guide).",
+    )
     disc_lr: float = Field(5e-4, gt=0.0, description="Adam lr for the patch discriminator.")
 
     # --- DQR (section 7) --------------------------------------------------------------------------

@@ -67,16 +67,21 @@ class DegradationGuidance:
             total = total + c.lambda_adv * losses.adversarial(self.disc(y))
         return total
 
+    def train_discriminator(self, x0: torch.Tensor) -> None:
+        """One Adam step for the patch discriminator: x_lq is real, φ(x̂0) is fake."""
+        if not self.active_terms["adv"]:
+            return
+        with torch.no_grad():
+            fake = self.degrade(x0.detach())
+        d_loss = losses.discriminator_loss(self.disc(self.x_lq), self.disc(fake))
+        self.opt_disc.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_disc.step()
+
     def train_step(self, x0: torch.Tensor) -> float:
         """One Adam step for the discriminator and for φ on detached x̂0; returns φ's loss."""
         x0 = x0.detach()
-        if self.active_terms["adv"]:
-            with torch.no_grad():
-                fake = self.degrade(x0)
-            d_loss = losses.discriminator_loss(self.disc(self.x_lq), self.disc(fake))
-            self.opt_disc.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_disc.step()
+        self.train_discriminator(x0)
         loss = self.fidelity(self.degrade(x0))
         self.opt_phi.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,3 +94,21 @@ class DegradationGuidance:
         if self.active_terms["q"] and t < self.cfg.q_start_t * self.prior.num_train_timesteps / 1000:
             total = total + self.cfg.lambda_q * losses.quality_loss(x0, self.cfg.exposure_patch, self.cfg.exposure_level)
         return total
+
+    @property
+    def phi_params(self) -> list[torch.nn.Parameter]:
+        return list(self.phi.parameters())
+
+    def fused_loss(self, x0: torch.Tensor, t: int) -> torch.Tensor:
+        """`pcdm_fused`: the discriminator step, then one J whose gradient serves both guidance (w.r.t. ẑ0) and
+        φ's update (w.r.t. φ; Q does not depend on φ, so that gradient is the fidelity's). Saves a second
+        forward and backward through φ and the encoder; guidance sees φ before this step's update."""
+        self.train_discriminator(x0)
+        return self.guidance_loss(x0, t)
+
+    def apply_phi_grads(self, grads: tuple[torch.Tensor | None, ...]) -> None:
+        """The Adam step for φ from gradients taken in the sampler's shared backward."""
+        for param, grad in zip(self.phi.parameters(), grads):
+            param.grad = grad
+        self.opt_phi.step()
+        self.opt_phi.zero_grad(set_to_none=True)

@@ -167,12 +167,20 @@ class SamplerRun:
 
     def objective(self, x0: torch.Tensor) -> torch.Tensor | None:
         """Step 3: one PCDM update on detached x̂0; then J on x̂0 (graph back to ẑ0) when guidance acts."""
+        if self.fused:
+            with phase("guidance_loss"):
+                return self.guidance.fused_loss(x0, self.t)
         with phase("pcdm_train"):
             self.guidance.train_step(x0)
         if not self.guided:
             return None
         with phase("guidance_loss"):
             return self.guidance.guidance_loss(x0, self.t)
+
+    @property
+    def fused(self) -> bool:
+        """φ trains from the guidance backward this step (guided steps with `pcdm_fused`)."""
+        return self.cfg.pcdm_fused and self.guided
 
     def finish(self, x0: torch.Tensor, grad: torch.Tensor | None) -> None:
         """Steps 4–5: z_{t−1} = DDIM(z_t, ε) + g; then the step callback and, every Δ, a DQR checkpoint."""
@@ -298,8 +306,17 @@ class BatchSampler:
                 run.fail(exc)
         grads = None
         if objectives:  # J of each run depends only on its own slice: one backward gives every ∂J_k/∂ẑ0_k
+            fused = [runs[k] for k in objectives if runs[k].fused]
+            phi_params = [p for run in fused for p in run.guidance.phi_params]
             with phase("guidance_backward"):
-                (grads,) = torch.autograd.grad(torch.stack(list(objectives.values())).sum(), z0)
+                grads, *phi_grads = torch.autograd.grad(
+                    torch.stack(list(objectives.values())).sum(), [z0, *phi_params], allow_unused=True
+                )
+            with phase("pcdm_train"):
+                for run in fused:  # pcdm_fused: the same backward gave ∂J/∂φ
+                    n = len(run.guidance.phi_params)
+                    run.guidance.apply_phi_grads(tuple(phi_grads[:n]))
+                    phi_grads = phi_grads[n:]
         for k, run in enumerate(runs):
             if run.done:
                 continue

@@ -38,6 +38,7 @@ JOBS = [
     (random_image(24, 24, seed=1), {**FAST, "seed": 1}),
     (random_image(24, 24, seed=2), {**FAST, "seed": 2, "steps": 6, "dqr": "off"}),  # other length, DQR off
     (random_image(20, 24, seed=3), {**FAST, "seed": 3, "kappa": 8000.0}),  # other shape: a group of its own
+    (random_image(24, 24, seed=4), {**FAST, "seed": 4, "pcdm_fused": True}),  # φ trained from the shared backward
 ]
 
 
@@ -125,3 +126,17 @@ def test_per_sample_timesteps_match_separate_unet_calls(restorer):
 def test_max_batch_must_be_positive(restorer):
     with pytest.raises(ValueError, match="max_batch"):
         BatchSampler(restorer.prior, max_batch=0)
+
+
+def test_fused_pcdm_trains_phi_from_the_guidance_backward(restorer):
+    img, cfg = JOBS[3]
+    prepared = restorer.prepare(img, resolve_config("fast", cfg))
+    before = [p.detach().clone() for p in prepared.guidance.phi_params]
+    batch = restorer.batch(1)
+    batch.add(prepared.run)
+    batch.run_until_done()
+    after = prepared.guidance.phi_params
+    assert any(not torch.equal(b, a) for b, a in zip(before, after))
+    assert all(p.grad is None for p in after)  # gradients are consumed, never left to accumulate
+    unfused = restorer.restore(img, resolve_config("fast", {**cfg, "pcdm_fused": False}))
+    assert prepared.result().image.size == unfused.image.size
