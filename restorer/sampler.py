@@ -9,7 +9,7 @@ One restoration is a `SamplerRun` (its latent, schedule position, φ, DQR state)
 every active run by one step, sharing the UNet call and the decoder pass (with its backward) among runs of
 the same latent shape, while everything per-image (φ, its optimiser, J, the RMS cap, DQR, seeds) stays per
 run — so a run's result does not depend on who it was batched with. Runs may join between steps (continuous
-batching) and leave when they finish, fail or are canceled. `sample_upzir` is the one-run case.
+batching) and leave when they finish, fail or are canceled; one image is a batch of one.
 """
 
 from __future__ import annotations
@@ -325,20 +325,3 @@ class BatchSampler:
             except Exception as exc:  # judge or callback failed: only this run ends
                 run.fail(exc)
 
-
-def sample_upzir(
-    prior: Prior,
-    guidance: DegradationGuidance,
-    judge: QualityJudge,
-    cfg: RestoreConfig,
-    crop: Callable[[torch.Tensor], torch.Tensor],
-    on_step: StepCallback | None = None,
-    on_checkpoint: CheckpointCallback | None = None,
-    should_cancel: CancelCheck | None = None,
-) -> SampleOutput:
-    """UP-ZeroIR posterior sampling with dynamic quality refinement, for one image."""
-    run = SamplerRun(prior, guidance, judge, cfg, crop, on_step, on_checkpoint, should_cancel)
-    batch = BatchSampler(prior)
-    batch.add(run)
-    batch.run_until_done()
-    return run.result()
