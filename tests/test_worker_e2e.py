@@ -181,6 +181,19 @@ def test_cancel_a_running_job_stops_it_at_the_next_step(stack):
     assert stack.client.wait(nxt["id"], timeout=JOB_TIMEOUT_S)["status"] == "succeeded"
 
 
+def test_jobs_queued_behind_a_running_one_join_its_batch(stack):
+    """The running job hosts a batch: same-size jobs submitted meanwhile join between steps instead of waiting."""
+    host = stack.client.submit(image_bytes((48, 48), seed=5), steps=40, checkpoint_every=20, dqr="off", seed=5)
+    _wait_running(stack, host["id"])
+    joiners = [stack.client.submit(image_bytes((48, 48), seed=s), **{**FAST, "seed": s}) for s in (6, 7)]
+    done = [stack.client.wait(j["id"], timeout=JOB_TIMEOUT_S) for j in joiners]
+    assert all(j["status"] == "succeeded" for j in done), done
+    host_now = stack.status(host["id"])
+    assert host_now["status"] == "processing" or host_now["completed_at"] > max(j["completed_at"] for j in done)
+    assert stack.worker.log().count("joined the batch") >= 2
+    assert stack.client.wait(host["id"], timeout=JOB_TIMEOUT_S)["status"] == "succeeded"
+
+
 def test_sigterm_lets_the_running_job_finish_then_exits(stack):
     job = stack.client.submit(image_bytes((32, 32), seed=4), steps=24, checkpoint_every=12, dqr="off", seed=4)
     _wait_running(stack, job["id"])
