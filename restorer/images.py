@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -37,6 +37,11 @@ def load_image(path: str | Path) -> Image.Image:
             return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{p}: not a readable image ({exc})") from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (phone photos store pixels sideways): results come back as people see them."""
+    return ImageOps.exif_transpose(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -71,6 +71,7 @@ class Restorer:
         perceptual = None if cfg.perceptual == "off" else self.perceptual
         judge = self.judge_for(cfg.judge)
         start = time.perf_counter()
+        image = images.upright(image)
         geom = self.canvas(image.size, cfg)
         x_lq = images.prepare(image, geom).to(self.prior.device)
         guidance = DegradationGuidance(self.prior, x_lq, cfg, perceptual)

@@ -265,6 +265,11 @@ async def read_upload(request: Request, settings: Settings) -> Upload:
     return Upload(collector.filename, bytes(collector.image), collector.kind, collector.fields)
 
 
+EXIF_ORIENTATION = 0x0112
+EXIF_QUARTER_TURNS = (5, 6, 7, 8)
+"""EXIF orientations that rotate by 90°: the upright image has width and height swapped."""
+
+
 def inspect_image(data: bytes, kind: Kind, max_pixels: int) -> tuple[int, int]:
     """(width, height) after checking the header's pixel count and fully decoding; 422 otherwise.
 
@@ -298,4 +303,6 @@ def inspect_image(data: bytes, kind: Kind, max_pixels: int) -> tuple[int, int]:
             raise UploadRejected(
                 422, "unreadable", f"the {kind.upper()} file is truncated or corrupt: {exc}"
             ) from None
+        if img.getexif().get(EXIF_ORIENTATION) in EXIF_QUARTER_TURNS:  # the worker restores it upright
+            width, height = height, width
     return width, height

@@ -139,3 +139,16 @@ def test_result_is_the_chosen_checkpoint_never_an_unguided_one(prior):
     chosen = [c for c in result.checkpoints if c.score == result.final_score]
     assert chosen and chosen[0].step > 4
     np.testing.assert_array_equal(np.asarray(result.image), np.asarray(tensor_to_pil(chosen[0].estimate)))
+
+
+def test_exif_orientation_is_applied_so_results_come_back_upright(prior, piqe):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # pixels stored sideways
+    Image.new("RGB", (40, 24), (90, 120, 30)).save(buf, format="JPEG", exif=exif)
+    result = restorer_with(prior, piqe).restore(Image.open(buf), resolve_config("fast", {**FAST, "steps": 2}))
+    assert result.image.size == (24, 40) and result.input_size == (24, 40)

@@ -119,6 +119,16 @@ def test_submit_answers_202_with_the_job_object(api, redis_client):
     assert redis_client.llen(QUEUE_KEY) == 2
 
 
+def test_a_sideways_phone_photo_is_recorded_at_its_upright_size(api, redis_client):
+    img, out = Image.new("RGB", (40, 24), (90, 120, 30)), io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown rotated by 90°
+    img.save(out, format="JPEG", exif=exif)
+    r = submit(api, out.getvalue(), filename="phone.jpg")
+    assert r.status_code == 202, r.text
+    assert (r.json()["input"]["width"], r.json()["input"]["height"]) == (24, 40)
+
+
 def test_type_is_sniffed_from_bytes_not_name_or_header(api, redis_client):
     jpeg_named_png = submit(api, image_bytes(fmt="JPEG"), filename="photo.png", ctype="image/png")
     assert jpeg_named_png.status_code == 202, jpeg_named_png.text
