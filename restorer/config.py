@@ -114,7 +114,12 @@ class RestoreConfig(BaseModel):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The faithful reference: the paper's schedule and Z=4000, every term on.
+    # The faithful reference: the paper's schedule and Z=4000, every term on. Measured with mini-ldm it does
+    # NOT restore: 13.46 dB on a cbsd68_even 128² crop at σ=25 (input 20.41; 1499 steps, 2 rounds,
+    # benchmarks/results/presets-cbsd68-128), and quality falls steadily with schedule length (50 steps 23.08,
+    # 100: 22.8, 200: 21.7; results/tune-cbsd68-128-steps). Likely cause: φ takes one Adam step per sampler
+    # step, so 1000 steps train it 20× more than 50 — the regime where a faster φ absorbs the degradation
+    # (pcdm_lr 1e-4 lost 4.3 dB at 50 steps). Kept as the paper states it; not a recommended setting.
     "paper": {"steps": 1000, "checkpoint_every": 100, "kappa": 4000.0},
     # Default: 50 steps, checkpoints every 10% of the schedule. κ tuned on the tuning set (3 cbsd68_even
     # 128² crops, σ=25, DQR off; benchmarks/results/tune-cbsd68-128-kappa): κ=2000 22.39 dB, 4000 23.69,
