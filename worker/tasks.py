@@ -105,7 +105,7 @@ def restore_job(job_id: str, attempt: int) -> dict[str, Any]:
     members: dict[int, JobAttempt] = {}
     rt.metrics.worker_busy.set(1)
     try:
-        if host.open(budget, pixels_in_use=0):
+        if host.open(budget):
             batch.add(host.prepared.run)
             members[id(host.prepared.run)] = host
         while batch.active:
@@ -162,7 +162,7 @@ def _admit(rt: Runtime, batch: Any, budget: MemoryBudget, members: dict[int, "Jo
         return
     for job_id, attempt, snapshot in claimed:
         joiner = JobAttempt(rt, job_id, attempt, snapshot)
-        if joiner.open(budget, pixels_in_use=sum(m.pixels for m in members.values())):
+        if joiner.open(budget):
             batch.add(joiner.prepared.run)
             members[id(joiner.prepared.run)] = joiner
             extend_backstop(rt.settings.job_timeout_s + rt.settings.worker_lost_after_s)
@@ -236,7 +236,7 @@ class JobAttempt:
             self.stop.append(_Stop.REQUEST)
         return bool(self.stop)
 
-    def open(self, budget: MemoryBudget, pixels_in_use: int) -> bool:
+    def open(self, budget: MemoryBudget) -> bool:
         """Input, config, memory check and sampler set-up; False (the job already ended, failed) on any error."""
         from restorer.config import resolve_config
         from restorer.errors import ImageError
