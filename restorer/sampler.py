@@ -166,7 +166,10 @@ class SamplerRun:
         return self._z0
 
     def objective(self, x0: torch.Tensor) -> torch.Tensor | None:
-        """Step 3: one PCDM update on detached x̂0; then J on x̂0 (graph back to ẑ0) when guidance acts."""
+        """Step 3: one PCDM update on detached x̂0; then J on x̂0 (graph back to ẑ0) when guidance acts.
+
+        With `pcdm_fused` on a guided step, only J: φ's update then comes from the shared backward.
+        """
         if self.fused:
             with phase("guidance_loss"):
                 return self.guidance.fused_loss(x0, self.t)

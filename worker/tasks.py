@@ -182,14 +182,20 @@ def extend_backstop(seconds: float) -> None:
         signal.alarm(max(remaining, math.ceil(seconds)))
 
 
+def job_config(h: dict[bytes, bytes]) -> Any:
+    """The RestoreConfig a job record asks for (its preset + overrides); ConfigError if they are invalid."""
+    from restorer.config import resolve_config
+
+    params = json.loads(as_str(h.get(b"params")) or "{}")
+    return resolve_config(params.pop("preset", None), params)
+
+
 def _canvas_of(rt: Runtime, h: dict[bytes, bytes]) -> tuple[int, int] | None:
     """The padded canvas a queued job will sample on (None when its record cannot say)."""
-    from restorer.config import resolve_config
     from restorer.errors import ConfigError
 
     try:
-        params = json.loads(as_str(h.get(b"params")) or "{}")
-        cfg = resolve_config(params.pop("preset", None), params)
+        cfg = job_config(h)
         size = (int(as_str(h.get(b"width")) or 0), int(as_str(h.get(b"height")) or 0))
     except (ConfigError, ValueError):
         return None
@@ -208,7 +214,7 @@ class JobAttempt:
         if created is not None and started is not None:
             rt.metrics.queue_wait.observe(max(0.0, started - created))
         self.webhook = as_str(snapshot.get(b"webhook")) or None
-        self.params = json.loads(as_str(snapshot.get(b"params")) or "{}")
+        self.snapshot = snapshot
         self.progress = ProgressWriter(rt.store, job_id, attempt, rt.metrics, rt.settings)
         self.stop: list[str] = []
         self.prepared: Any = None  # restorer.pipeline.PreparedRestore once open
@@ -238,15 +244,13 @@ class JobAttempt:
 
     def open(self, budget: MemoryBudget) -> bool:
         """Input, config, memory check and sampler set-up; False (the job already ended, failed) on any error."""
-        from restorer.config import resolve_config
         from restorer.errors import ImageError
 
         try:
             data = self.rt.store.load_input(self.job_id)
             if data is None:
                 raise ImageError("the uploaded image expired before the job started; submit it again")
-            params = dict(self.params)
-            cfg = resolve_config(params.pop("preset", None), params)
+            cfg = job_config(self.snapshot)
             image = _decode(data)
             self.canvas = self.rt.restorer.canvas(image.size, cfg).padded_size
             budget.check_alone(self.canvas)
