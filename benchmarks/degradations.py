@@ -5,7 +5,7 @@ returns the degraded array in [0, 1]. `degrade(clean_pil, name, key)` seeds the 
 key and the degradation name (a stable hash, not Python's salted `hash`), so the same image always gets
 the same noise, gamma, haze density... in every run and on every machine.
 
-Names: `noise15`, `noise25`, `noise50` (`noise` = σ 25), `lowlight`, `haze`, `lowlight+noise`,
+Names: `clean` (none), `noise15`, `noise25`, `noise50` (`noise` = σ 25), `lowlight`, `haze`, `lowlight+noise`,
 `lowlight+haze+noise`. Compositions apply haze first (scene), then low light (exposure), then noise
 (sensor) — the physical order.
 """
@@ -87,6 +87,7 @@ def _noise(sigma: float) -> Callable[[Array, np.random.Generator], Array]:
 
 
 DEGRADATIONS: dict[str, Callable[[Array, np.random.Generator], Array]] = {
+    "clean": lambda x, rng: x,  # no degradation: "do no harm" is measured on it
     "noise15": _noise(15),
     "noise25": _noise(25),
     "noise50": _noise(50),

@@ -28,19 +28,26 @@ import numpy as np
 from PIL import Image
 
 from .common import DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS_ROOT, command_line, fmt, header_md, machine, parse_set, write_json
-from .degradations import degrade
+from .baselines import BASELINES
+from .degradations import degrade, to_array, to_pil
 
-LDRPS = {"lambda_deg": "0", "pcdm": "resblock", "dqr": "off"}
-"""LD-RPS-like: no DegLoss (λ1=0), φ without the GGD input (plain residual block), fixed schedule (no DQR)."""
+LDRPS = {"lambda_deg": "0", "pcdm": "resblock", "dqr": "off", "pcdm_anchor": "1.0"}
+"""LD-RPS-like, as read from its paper: no DegLoss (λ1=0), φ a plain residual block without the GGD input, a fixed
+schedule (no DQR), and φ anchored by a content term against x̂0 (‖φ(x̂0) − x̂0‖²) beside its adversarial term against
+x_lq. Our reading, not its code."""
 
 FR_METRICS = ("psnr", "ssim", "lpips")
 NR_METRICS = ("piqe", "niqe")
 
 
 # --- methods ------------------------------------------------------------------------------------------
+AE_CEILING = "ae"
+"""The prior's autoencoder applied to the *clean* crop: what a pure latent method can reach at best."""
+
+
 def method_config(method: str) -> tuple[str | None, dict[str, str]] | None:
-    """Method spec → (preset, overrides); None for `input` (no restoration)."""
-    if method == "input":
+    """Method spec → (preset, overrides); None for `input`, `ae` and the baselines (no sampler)."""
+    if method in ("input", AE_CEILING) or method in BASELINES:
         return None
     if method == "full":
         return None, {}
@@ -128,6 +135,28 @@ class Metrics:
         return list(self.names)
 
 
+def psnr_of(estimate: Any, clean: Image.Image) -> float:
+    """PSNR (dB, RGB) of a (1, 3, H, W) [0, 1] estimate against the clean crop."""
+    ref = to_tensor(clean)
+    est = estimate.float().clamp(0, 1)
+    if est.shape[-2:] != ref.shape[-2:]:
+        import torch.nn.functional as F
+
+        est = F.interpolate(est, size=ref.shape[-2:], mode="bicubic").clamp(0, 1)
+    return float(10 * np.log10(1.0 / max(float(((est - ref) ** 2).mean()), 1e-12)))
+
+
+def ae_reconstruction(restorer: Any, clean: Image.Image) -> Image.Image:
+    """D(E(clean)): the ceiling of a pure latent method on this crop."""
+    import torch
+
+    from restorer.images import tensor_to_pil
+
+    with torch.no_grad():
+        x = to_tensor(clean).to(restorer.prior.device)
+        return tensor_to_pil(restorer.prior.decode(restorer.prior.encode(x)).clamp(0, 1))
+
+
 # --- resume -------------------------------------------------------------------------------------------
 def row_key(row: dict[str, Any]) -> tuple:
     """Rows match only under the same sampler config, so a resumed run never mixes in stale defaults."""
@@ -174,7 +203,7 @@ def summarise(rows: list[dict[str, Any]], methods: list[str], degradations: list
     for r in rows:
         groups[(r["degradation"], r["method"])].append(r)
     table = []
-    numeric = [*metric_names, "seconds", "steps_run", "rounds"]
+    numeric = [*metric_names, "seconds", "steps_run", "rounds", "psnr_pick", "psnr_last", "psnr_best"]
     for deg in degradations:
         for method in methods:
             rs = groups.get((deg, method), [])
@@ -184,6 +213,9 @@ def summarise(rows: list[dict[str, Any]], methods: list[str], degradations: list
             for k in numeric:
                 vals = [r[k] for r in rs if r.get(k) is not None]
                 entry[k] = float(np.mean(vals)) if vals else None
+            spread = [r["psnr"] for r in rs if r.get("psnr") is not None]
+            entry["psnr_std"] = float(np.std(spread)) if len(spread) > 1 else None
+            entry["psnr_min"] = float(np.min(spread)) if spread else None
             ee = [r["early_exit"] for r in rs if r.get("early_exit") is not None]
             entry["early_exit_rate"] = float(np.mean(ee)) if ee else None
             table.append(entry)
@@ -194,16 +226,21 @@ def summarise(rows: list[dict[str, Any]], methods: list[str], degradations: list
     md = [header_md("Quality benchmark", info, cmd)]
     for k, v in meta.items():
         md.append(f"- {k}: {v}")
-    md += ["", "Means per degradation × method. `input` is the degraded image itself; s/img, steps, rounds and "
-           "early exit are per restoration.", "",
-           "| degradation | method | n | " + " | ".join(cols) + " | s/img | steps | rounds | early exit |",
-           "|---|---|---|" + "---|" * (len(cols) + 4)]
+    md += ["", "Means per degradation × method (PSNR ± its spread over images, then the worst image). `input` is "
+           "the degraded image itself; `ae` the prior's autoencoder on the clean crop (a latent method's ceiling); "
+           "s/img, steps, rounds and early exit are per restoration; pick / last / best are the PSNR of DQR's "
+           "returned x̂0, of the last checkpoint and of the best checkpoint in hindsight (before the detail step).", "",
+           "| degradation | method | n | " + " | ".join(cols) + " | PSNR ± | PSNR min | s/img | steps | rounds | "
+           "early exit | pick / last / best |",
+           "|---|---|---|" + "---|" * (len(cols) + 7)]
     for e in table:
         digits = {"psnr": 2, "ssim": 4, "lpips": 4, "piqe": 2, "niqe": 3}
         md.append(f"| {e['degradation']} | {e['method']} | {e['n']} | "
                   + " | ".join(fmt(e[m], digits.get(m, 3)) for m in metric_names)
+                  + f" | {fmt(e['psnr_std'])} | {fmt(e['psnr_min'])}"
                   + f" | {fmt(e['seconds'], 1)} | {fmt(e['steps_run'], 1)} | {fmt(e['rounds'], 2)} | "
-                  + (f"{e['early_exit_rate']:.0%}" if e["early_exit_rate"] is not None else "n/a") + " |")
+                  + (f"{e['early_exit_rate']:.0%}" if e["early_exit_rate"] is not None else "n/a")
+                  + f" | {fmt(e['psnr_pick'])} / {fmt(e['psnr_last'])} / {fmt(e['psnr_best'])} |")
     return summary, "\n".join(md) + "\n"
 
 
@@ -215,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--size", type=int, default=128, help="centre-crop size (LOL: longer side resized to this)")
     p.add_argument("--images", type=int, default=3, help="first N images, sorted by name")
-    p.add_argument("--degradations", default="noise25,lowlight+haze+noise")
-    p.add_argument("--methods", default="input,full,pcdm=resblock,degloss=l1,dqr=off,ldrps,preset:fast",
+    p.add_argument("--degradations",
+                   default="clean,noise15,noise25,noise50,lowlight,haze,lowlight+noise,lowlight+haze+noise")
+    p.add_argument("--methods", default="input,ae,full,bm3d,gamma,dcp,gamma+bm3d",
                    help="comma-separated; an override set uses ';' between its keys (e.g. 'dqr=off;kappa=1000')")
     p.add_argument("--set", dest="set_", default="", help="overrides applied to every method: k=v,k=v")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (degradation seeds derive from image names)")
@@ -271,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = Metrics(tuple(metric_names), args.niqe_params)
     restorer = None
-    if configs and not args.summary_only:
+    if (configs or AE_CEILING in methods) and not args.summary_only:
         restorer = Restorer.load(args.model, device=args.device, dtype=args.dtype, judge=args.judge,
                                  perceptual=args.perceptual)
 
@@ -293,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
             if method == "input":
                 out = lq
                 row.update(steps_run=None, rounds=None, early_exit=None, seconds=None, final_score=None)
+            elif method in BASELINES or method == AE_CEILING:
+                t0 = time.perf_counter()
+                out = ae_reconstruction(restorer, clean) if method == AE_CEILING else \
+                    to_pil(BASELINES[method](to_array(lq)))
+                row.update(steps_run=None, rounds=None, early_exit=None, final_score=None,
+                           seconds=round(time.perf_counter() - t0, 3))
             else:
                 t0 = time.perf_counter()
                 res = restorer.restore(lq, configs[method])
@@ -300,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(steps_run=res.steps_run, rounds=res.rounds, early_exit=res.early_exit,
                            seconds=round(time.perf_counter() - t0, 3), final_score=res.final_score,
                            terms=res.terms, judge=res.judge, config=res.config)
+                if clean is not None:  # DQR's pick vs the last and the best checkpoint in hindsight (raw x̂0)
+                    ck = [psnr_of(c.estimate, clean) for c in res.checkpoints]
+                    row.update(checkpoint_psnr=ck, psnr_pick=ck[res.chosen_checkpoint], psnr_last=ck[-1],
+                               psnr_best=max(ck))
             row.update(metrics.score(out, clean))
             fh.write(json.dumps(row) + "\n")
             fh.flush()

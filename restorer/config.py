@@ -21,9 +21,13 @@ class RestoreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # --- schedule ---------------------------------------------------------------------------------
-    steps: int = Field(50, ge=1, le=1000, description="DDIM steps per round (paper: 1000).")
+    steps: int = Field(
+        25, ge=1, le=1000,
+        description="DDIM steps per round (paper: 1000). Guidance and φ's learning are scaled per unit of diffusion "
+        "time, so fewer steps change the discretisation, not what the settings mean.",
+    )
     checkpoint_every: int = Field(
-        5, ge=1, description="Δ: DQR scores x̂0 every this many steps (paper: 100 of 1000, i.e. 10%)."
+        5, ge=1, description="Δ: DQR scores x̂0 every this many steps (paper: 100 of 1000, i.e. 10%; here 20%)."
     )
     seed: int = Field(0, ge=0, description="Seeds z_T, PCDM init and re-noise draws: same seed, same output.")
     max_pixels: int = Field(
@@ -32,20 +36,25 @@ class RestoreConfig(BaseModel):
 
     # --- guidance (section 3) ---------------------------------------------------------------------
     kappa: float = Field(
-        4000.0, ge=0.0, description="Guidance scale κ: the paper's Z=4000 read as a step size on ∂J/∂ẑ0."
+        30.0, ge=0.0,
+        description="Guidance scale κ, in units that mean the same at any step count and image size: ẑ0 moves by "
+        "−κ·h·N·∂J/∂ẑ0 per step, with h = 1/steps the share of the diffusion time the step covers and N the "
+        "latent element count (N·∂J/∂ẑ0 is the per-element gradient of the summed loss). Over a t-range the "
+        "total pull is κ·N·∂J/∂ẑ0·(share of T), whatever the schedule (the paper's Z=4000 was a per-step "
+        "scale at 1000 steps and one size).",
     )
     guidance_start_t: int = Field(
         700, ge=0, le=1000, description="Warm-up: no guidance while t ≥ this (PCDM still trains)."
     )
-    q_start_t: int = Field(150, ge=0, le=1000, description="Q (exposure + colour) acts only for t < this.")
+    q_start_t: int = Field(1000, ge=0, le=1000, description="Q (exposure, colour) acts only for t < this.")
     clamp_percentile: float | None = Field(
         99.5, gt=0.0, le=100.0, description="Clamp |ẑ0| to this percentile (None: off). Clamp only, never divide."
     )
     guidance_rms_cap: float | None = Field(
-        0.1, gt=0.0,
-        description="Safety cap on the per-element RMS of κ·∂J/∂ẑ0 in one step (None: off, as in the paper). "
-        "Typical steps are ~1e-3; the GGD fit's gradient spikes where r(α) is flat (α→10) and one uncapped "
-        "spike (measured RMS ≈ 50) saturates x̂0 for the rest of the run.",
+        None, gt=0.0,
+        description="Cap on the per-element RMS of the guidance rate κ·N·∂J/∂ẑ0 (None: off, as in the paper); "
+        "a step moves ẑ0 by at most h times this. A guard against gradient spikes (uncentred GGD fits at the α "
+        "clamp gave RMS ≈ 50 spikes that saturated x̂0 for the rest of the run).",
     )
 
     # --- loss weights (section 3.4 / 6) -----------------------------------------------------------
@@ -57,9 +66,43 @@ class RestoreConfig(BaseModel):
     lambda_mse: float = Field(1.0, ge=0.0, description="Pixel MSE weight λ2.")
     lambda_pse: float = Field(0.1, ge=0.0, description="Perceptual (VGG16 relu2_2) weight λ3.")
     lambda_adv: float = Field(0.01, ge=0.0, description="Adversarial weight λ4.")
-    lambda_q: float = Field(0.1, ge=0.0, description="Quality term Q weight (exposure + colour constancy).")
-    exposure_patch: int = Field(32, ge=1, description="Q: patch size P of the exposure loss.")
-    exposure_level: float = Field(0.5, gt=0.0, lt=1.0, description="Q: target mean brightness E.")
+    lambda_exposure: float = Field(
+        1.0, ge=0.0,
+        description="Q's exposure term (mean patch brightness toward E). Gated by `exposure_gate`: it acts only on "
+        "under-exposed inputs, since applied to every input it pulls well-exposed photos toward grey.",
+    )
+    lambda_color: float = Field(
+        0.0, ge=0.0,
+        description="Q's grey-world colour-constancy term. Off by default: its gradient was as large as the data "
+        "term's and it pulls every photo's colours toward grey, whatever the input.",
+    )
+    exposure_gate: float = Field(
+        0.22, ge=0.0, le=1.0,
+        description="The exposure term, and φ's tone part, act when the input's mean brightness is below this (0: "
+        "never, 1: always). Tuning crops: clean 0.27–0.82, low light 0.01–0.18 (mixed families included).",
+    )
+    exposure_patch: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="Q's exposure patch side as a share of the image's shorter side (1: the whole image). A share, "
+        "not pixels, so it means the same at any size; small patches flatten the lighting of the scene.",
+    )
+    lambda_haze: float = Field(
+        0.0, ge=0.0,
+        description="Q's haze term: the mean dark channel of x̂0 (He et al.'s prior: haze-free patches hold a "
+        "near-black pixel). Gated by `haze_gate`; with it on, φ's tone part learns the veil. Off by default: on 3 "
+        "hazy tuning crops it lost 3.7 dB at 0.03 and 4.9 at 0.1 (its gradient reaches only each patch's darkest "
+        "pixel, and φ's tone part drifted) — haze is not restored by the default preset; see the README.",
+    )
+    haze_gate: float = Field(
+        0.4, ge=0.0, le=1.0,
+        description="The haze term, and φ's tone part, act when the input's mean dark channel is above this. Tuning "
+        "crops: clean 0.11–0.33 but one bright-sky crop at 0.61; hazy 0.35–0.66 — 0.4 errs toward leaving a "
+        "clean photo alone (a bright sky or snow scene above it is treated as hazy: say so, it is blind).",
+    )
+    haze_patch: float = Field(
+        1 / 32, gt=0.0, le=1.0, description="Dark-channel patch side as a share of the shorter side (He: 15 px on ~500)."
+    )
+    exposure_level: float = Field(0.45, gt=0.0, lt=1.0, description="Q: target mean brightness E.")
     perceptual: Literal["auto", "on", "off"] = Field(
         "auto", description="auto: on when VGG16 weights load, else off and reported; on: fail if absent."
     )
@@ -69,20 +112,61 @@ class RestoreConfig(BaseModel):
     degloss_direction: Literal["forward", "reverse", "symmetric"] = Field(
         "forward", description="forward: KL(GGD(E(ŷ)) ‖ GGD(E(x_lq))); reverse swaps; symmetric sums both."
     )
-    ggd_center: bool = Field(False, description="Centre latents per channel before the fit (default off).")
+    ggd_center: bool = Field(
+        True,
+        description="Centre latents per channel before the fit. SD-style latents have channel means far from 0; "
+        "uncentred fits sat at the α clamp where dα/dρ explodes and the KL's gradient pointed the wrong way "
+        "(ALGORITHM.md §10); centred fits give α in 0.9–2.1.",
+    )
 
     # --- PCDM (section 4) -------------------------------------------------------------------------
     pcdm: Literal["pcdm", "resblock"] = Field("pcdm", description="resblock: ablation without GGD input.")
     pcdm_lr: float = Field(
         1e-5, gt=0.0,
-        description="Adam lr for φ: the paper's 1e-5. Faster φ learns to absorb the fidelity terms: on a cbsd68 "
-        "crop (σ=25, dqr=off) 5e-4 (LD-RPS) lost 5.4 dB and 1e-4 lost 4.3 dB (benchmarks/results/tune-cbsd68-128).",
+        description="Adam lr of φ's convolutions f1, f2 (spatial: fast ones learn to copy the image and absorb the "
+        "fidelity terms). Paper: 1e-5 for all of φ, which leaves φ the identity in a short schedule.",
+    )
+    pcdm_global_lr: float = Field(
+        2e-2, gt=0.0,
+        description="Adam lr of φ's per-channel gain l(α0,σ0) and colour/affine map f3: darkening to k≈0.1 or a "
+        "haze veil needs these to move by O(1) within `pcdm_updates` steps.",
+    )
+    pcdm_updates: int = Field(
+        25, ge=1,
+        description="Adam steps φ takes over the whole diffusion time, spread over the sampler's steps (two per "
+        "step at 25 steps, one every 40 at 1000), so φ learns as much at any step count.",
+    )
+    pcdm_global_fit: Literal["stats", "fidelity"] = Field(
+        "fidelity",
+        description="What φ's global part (gain l, colour/affine f3) is trained on. stats: per-channel mean and "
+        "std of φ(x̂0) vs x_lq after pooling (a distribution match, as DegLoss is); fidelity: J, as the paper "
+        "trains all of φ. stats was tried against a φ free on every input: a smooth mid-schedule x̂0 has less "
+        "contrast than x_lq, so φ learned a gain > 1 and darkened x̂0 (clean crop 15.9 dB); with the tone gate, "
+        "fidelity works and is the paper's.",
+    )
+    pcdm_tone_pool: int = Field(
+        4, ge=1, description="Pooling (pixels) before the tone statistics: keeps pixel noise out of the std."
+    )
+    pcdm_start_t: int = Field(
+        500, ge=0, le=1000,
+        description="φ trains only while t < this. Above it x̂0 is an unconditional sample unrelated to the input, "
+        "and the best map from an unrelated image to x_lq is a contraction to x_lq's mean: trained there (the "
+        "paper trains from the first step) φ learned to flatten its input and guidance lost its pull.",
+    )
+    pcdm_anchor: float = Field(
+        0.0, ge=0.0,
+        description="Weight of ‖φ(x̂0) − x̂0‖² in φ's training loss: φ stays the identity unless the fidelity "
+        "terms ask for a degradation, so it cannot co-adapt with x̂0 (absorb what guidance should fix).",
     )
     pcdm_weight_decay: float = Field(1e-5, ge=0.0, description="Adam weight decay for φ (LD-RPS).")
     pcdm_init: Literal["identity", "random"] = Field(
         "identity", description="identity: φ starts as x ↦ x (works at short schedules); random: only f3 identity."
     )
-    pcdm_width: int = Field(64, ge=4, description="f1/f2 base width (f2 goes width→2w→4w).")
+    pcdm_width: int = Field(
+        32, ge=4,
+        description="f1/f2 base width (f2 goes width→2w→4w). Paper: 64, whose φ forward+backward costs 0.27 s at "
+        "128² on 2 cores vs 0.08 s at 32 — more than the UNet call; the paper preset keeps 64.",
+    )
     pcdm_fused: bool = Field(
         False,
         description="On guided steps, train φ from the same forward/backward as the guidance gradient (guidance "
@@ -91,8 +175,21 @@ class RestoreConfig(BaseModel):
     )
     disc_lr: float = Field(5e-4, gt=0.0, description="Adam lr for the patch discriminator.")
 
+    # --- final pixel-space step (restorer/detail.py) -----------------------------------------------
+    detail: Literal["wiener", "off"] = Field(
+        "wiener",
+        description="wiener: add back the residual x_lq − φ(x̂), Wiener-shrunk against the blindly estimated noise "
+        "level, where φ's tone part is off — returns what the autoencoder lost (its reconstruction caps a latent "
+        "method below a σ=15 input on some crops) without the noise; off: return D(ẑ0) as sampled.",
+    )
+    detail_window: int = Field(5, ge=3, description="Local window (pixels, odd) of the Wiener shrinkage.")
+
     # --- DQR (section 7) --------------------------------------------------------------------------
-    dqr: Literal["on", "off"] = Field("on", description="off: fixed schedule, one round (ablation).")
+    dqr: Literal["on", "off"] = Field(
+        "off",
+        description="on: exit / refine / re-noise by the judge's score (the paper). Off by default: with the offline "
+        "judge (PIQE) its picks have not been shown to save steps without losing quality (benchmarks/README).",
+    )
     judge: str = Field(
         "auto", description="pyiqa metric name, or auto (ARNIQA if its weights load, else PIQE)."
     )
@@ -114,19 +211,13 @@ class RestoreConfig(BaseModel):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The faithful reference: the paper's schedule and Z=4000, every term on. Measured with mini-ldm it does
-    # NOT restore: 13.46 dB on a cbsd68_even 128² crop at σ=25 (input 20.41; 1499 steps, 2 rounds,
-    # benchmarks/results/presets-cbsd68-128), and quality falls steadily with schedule length (50 steps 23.08,
-    # 100: 22.8, 200: 21.7; results/tune-cbsd68-128-steps). Likely cause: φ takes one Adam step per sampler
-    # step, so 1000 steps train it 20× more than 50 — the regime where a faster φ absorbs the degradation
-    # (pcdm_lr 1e-4 lost 4.3 dB at 50 steps). Kept as the paper states it; not a recommended setting.
-    "paper": {"steps": 1000, "checkpoint_every": 100, "kappa": 4000.0},
-    # Default: 50 steps, checkpoints every 10% of the schedule. κ tuned on the tuning set (3 cbsd68_even
-    # 128² crops, σ=25, DQR off; benchmarks/results/tune-cbsd68-128-kappa): κ=2000 22.39 dB, 4000 23.69,
-    # 8000 24.37, ≥16000 23.75 (the per-step RMS cap binds).
-    "balanced": {"steps": 50, "checkpoint_every": 5, "kappa": 8000.0},
-    # Fewest steps that still restore; checkpoints every 20% of the schedule.
-    "fast": {"steps": 30, "checkpoint_every": 6, "kappa": 4000.0, "min_guided_intervals": 2},
+    # The paper's schedule and components: 1000 DDIM steps, Δ=100, DQR on, φ of width 64. κ, φ's updates and Q
+    # are per unit of diffusion time, so the same values mean the same pull as in `balanced` (ALGORITHM.md §10).
+    "paper": {"steps": 1000, "checkpoint_every": 100, "dqr": "on", "pcdm_width": 64, "min_guided_intervals": 1},
+    # Default: 25 steps, one φ update per step, fixed schedule (see the README's tables for its figures).
+    "balanced": {},
+    # Lowest latency: 15 steps (each now covers more of the diffusion time, the settings keep their meaning).
+    "fast": {"steps": 15, "checkpoint_every": 5},
 }
 
 

@@ -84,6 +84,7 @@ class RestoreResult:
     input_size: tuple[int, int]
     sampled_size: tuple[int, int]
     peak_memory_bytes: int | None = None
+    chosen_checkpoint: int | None = None  # index in `checkpoints` of the estimate returned
 
     def report(self) -> dict[str, Any]:
         return {
@@ -97,6 +98,7 @@ class RestoreResult:
             "input_size": list(self.input_size),
             "sampled_size": list(self.sampled_size),
             "peak_memory_bytes": self.peak_memory_bytes,
+            "chosen_checkpoint": self.chosen_checkpoint,
             "config": self.config,
             "checkpoints": [c.to_dict() for c in self.checkpoints],
         }

@@ -31,8 +31,34 @@ class DegradationGuidance:
         device = x_lq.device
         self.phi = build_degrader(cfg.pcdm, prior.latent_channels, cfg.pcdm_width, cfg.seed, cfg.pcdm_init).to(device)
         self.disc = build_discriminator(cfg.pcdm_width, cfg.seed + DISC_SEED_OFFSET).to(device)
-        self.opt_phi = torch.optim.Adam(self.phi.parameters(), lr=cfg.pcdm_lr, weight_decay=cfg.pcdm_weight_decay)
+        # Q's exposure term and φ's global (tone) part are switched on by the input's own statistics: a
+        # well-exposed photo needs no brightening, and a φ free to change tone on it co-adapts with x̂0 (a
+        # contraction toward x_lq's mean fits an x̂0 that still holds unmatched content, the pull weakens, x̂0
+        # drifts): measured −5 to −8 dB on clean crops (ALGORITHM.md §10).
+        self.exposure_on = float(x_lq.mean()) < cfg.exposure_gate
+        self.haze_patch = max(1, round(cfg.haze_patch * min(x_lq.shape[-2:])))
+        self.hazy = cfg.lambda_haze > 0 and float(losses.dark_channel(x_lq, self.haze_patch).mean()) > cfg.haze_gate
+        self.tone_on = self.exposure_on or self.hazy  # φ may change tone only when the input asks for it
+        global_lr = cfg.pcdm_global_lr if self.tone_on else 0.0
+        self.opt_phi = torch.optim.Adam(
+            [{"params": self.phi.local_parameters(), "lr": cfg.pcdm_lr},
+             {"params": self.phi.global_parameters(), "lr": global_lr}],
+            weight_decay=cfg.pcdm_weight_decay,
+        )
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
+        self._update_credit = 0.0
+        self._fused_update = False
+
+    def schedule_updates(self, step_fraction: float) -> int:
+        """How many Adam steps φ takes now: `pcdm_updates` per whole diffusion time, spread over the steps.
+
+        A step covering h of the schedule earns h·pcdm_updates; whole updates are spent as they accrue, so φ
+        learns as much at 25 steps (2 per step at 50 updates) as at 1000 (one every 20 steps).
+        """
+        self._update_credit += step_fraction * self.cfg.pcdm_updates
+        n = int(self._update_credit + 1e-9)
+        self._update_credit -= n
+        return n
 
     @property
     def active_terms(self) -> dict[str, bool]:
@@ -42,7 +68,9 @@ class DegradationGuidance:
             "mse": c.lambda_mse > 0,
             "pse": c.lambda_pse > 0 and self.perceptual is not None,
             "adv": c.lambda_adv > 0,
-            "q": c.lambda_q > 0,
+            "exposure": c.lambda_exposure > 0 and self.exposure_on,
+            "haze": self.hazy,
+            "color": c.lambda_color > 0,
         }
 
     def degrade(self, x0: torch.Tensor) -> torch.Tensor:
@@ -82,33 +110,67 @@ class DegradationGuidance:
         """One Adam step for the discriminator and for φ on detached x̂0; returns φ's loss."""
         x0 = x0.detach()
         self.train_discriminator(x0)
-        loss = self.fidelity(self.degrade(x0))
-        self.opt_phi.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_phi.step()
+        y = self.degrade(x0)
+        loss = self.fidelity(y)
+        if self.cfg.pcdm_anchor > 0:  # "no degradation" unless the data ask for one: φ cannot drift with x̂0
+            loss = loss + self.cfg.pcdm_anchor * losses.mse(y, x0)
+        if self.cfg.pcdm_global_fit == "fidelity":  # the paper: every parameter of φ on J
+            grads = torch.autograd.grad(loss, self.phi_params, allow_unused=True)
+        else:  # the global part on the tone statistics, the convolutions on J
+            local, glob = self.phi.local_parameters(), self.phi.global_parameters()
+            g_local = torch.autograd.grad(loss, local, retain_graph=True, allow_unused=True)
+            g_glob = torch.autograd.grad(self.tone_loss(y), glob, allow_unused=True)
+            grads = self._in_phi_order(dict(zip(map(id, local), g_local)) | dict(zip(map(id, glob), g_glob)))
+        self._adam_step(grads)
         return float(loss.detach())
 
+    def tone_loss(self, y: torch.Tensor) -> torch.Tensor:
+        return losses.tone_stats_loss(y, self.x_lq, self.cfg.pcdm_tone_pool)
+
+    def _in_phi_order(self, by_id: dict[int, torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
+        return tuple(by_id.get(id(p)) for p in self.phi.parameters())
+
+    def _adam_step(self, grads: tuple[torch.Tensor | None, ...]) -> None:
+        for param, grad in zip(self.phi.parameters(), grads):
+            param.grad = grad
+        self.opt_phi.step()
+        self.opt_phi.zero_grad(set_to_none=True)
+
     def guidance_loss(self, x0: torch.Tensor, t: int) -> torch.Tensor:
-        """J on x̂0 that carries the graph back to ẑ0; Q joins only late in the schedule (t < q_start_t)."""
+        """J on x̂0 that carries the graph back to ẑ0; Q (exposure, colour) only for t < q_start_t."""
+        c, on = self.cfg, self.active_terms
         total = self.fidelity(self.degrade(x0))
-        if self.active_terms["q"] and t < self.cfg.q_start_t * self.prior.num_train_timesteps / 1000:
-            total = total + self.cfg.lambda_q * losses.quality_loss(x0, self.cfg.exposure_patch, self.cfg.exposure_level)
+        if t < c.q_start_t * self.prior.num_train_timesteps / 1000:
+            if on["exposure"]:
+                patch = max(1, round(c.exposure_patch * min(x0.shape[-2:])))
+                total = total + c.lambda_exposure * losses.exposure_loss(x0, patch, c.exposure_level)
+            if on["haze"]:
+                total = total + c.lambda_haze * losses.haze_loss(x0, self.haze_patch)
+            if on["color"]:
+                total = total + c.lambda_color * losses.color_constancy_loss(x0)
         return total
 
     @property
     def phi_params(self) -> list[torch.nn.Parameter]:
         return list(self.phi.parameters())
 
-    def fused_loss(self, x0: torch.Tensor, t: int) -> torch.Tensor:
+    def fused_loss(self, x0: torch.Tensor, t: int, update_phi: bool = True) -> torch.Tensor:
         """`pcdm_fused`: the discriminator step, then one J whose gradient serves both guidance (w.r.t. ẑ0) and
         φ's update (w.r.t. φ; Q does not depend on φ, so that gradient is the fidelity's). Saves a second
         forward and backward through φ and the encoder; guidance sees φ before this step's update."""
-        self.train_discriminator(x0)
+        self._fused_update = update_phi
+        self._fused_x0 = x0.detach()
+        if update_phi:
+            self.train_discriminator(x0)
         return self.guidance_loss(x0, t)
 
     def apply_phi_grads(self, grads: tuple[torch.Tensor | None, ...]) -> None:
-        """The Adam step for φ from gradients taken in the sampler's shared backward."""
-        for param, grad in zip(self.phi.parameters(), grads):
-            param.grad = grad
-        self.opt_phi.step()
-        self.opt_phi.zero_grad(set_to_none=True)
+        """The Adam step for φ from gradients taken in the sampler's shared backward (when one is due)."""
+        if not self._fused_update:
+            return
+        if self.cfg.pcdm_global_fit == "stats":  # the global part learns from the tone statistics, as unfused
+            glob = self.phi.global_parameters()
+            g_glob = torch.autograd.grad(self.tone_loss(self.degrade(self._fused_x0)), glob, allow_unused=True)
+            by_id = dict(zip(map(id, self.phi.parameters()), grads)) | dict(zip(map(id, glob), g_glob))
+            grads = self._in_phi_order(by_id)
+        self._adam_step(grads)

@@ -58,6 +58,22 @@ def degloss_l1(y: torch.Tensor, x_lq: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(y, x_lq)
 
 
+# -- tone statistics (what φ's global part is fitted on) -------------------------------------------
+def tone_stats_loss(y: torch.Tensor, x_lq: torch.Tensor, pool: int) -> torch.Tensor:
+    """Squared gaps of the per-channel mean and std of the two images after `pool`×`pool` average pooling.
+
+    A distribution match, not a pixel match: fitted by pixel MSE, a global gain regresses x_lq on an x̂0 that
+    still holds content x_lq lacks and shrinks toward a flat image (regression dilution), which weakens the
+    guidance, which lets x̂0 drift further. Pooling first keeps pixel noise (σ/pool after pooling) out of the
+    std, so noise is not mistaken for contrast.
+    """
+    p = max(1, min(pool, y.shape[-2], y.shape[-1]))
+    a, b = F.avg_pool2d(y, p), F.avg_pool2d(x_lq, p)
+    gap_mean = a.mean(dim=(2, 3)) - b.mean(dim=(2, 3))
+    gap_std = a.std(dim=(2, 3)) - b.std(dim=(2, 3))
+    return (gap_mean.square() + gap_std.square()).mean()
+
+
 # -- pixel and adversarial terms ----------------------------------------------------------------
 def mse(y: torch.Tensor, x_lq: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(y, x_lq)
@@ -87,6 +103,18 @@ def color_constancy_loss(x: torch.Tensor) -> torch.Tensor:
     m = x.mean(dim=(2, 3))
     mr, mg, mb = m[:, 0], m[:, 1], m[:, 2]
     return torch.sqrt((mr - mg) ** 4 + (mr - mb) ** 4 + (mg - mb) ** 4 + COLOR_EPS).mean()
+
+
+def dark_channel(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """He et al.'s dark channel: the minimum over colour channels and a patch×patch neighbourhood."""
+    p = max(1, min(patch, x.shape[-2], x.shape[-1])) | 1  # odd, so the output keeps the input's size
+    return -F.max_pool2d(-x.min(dim=1, keepdim=True).values, p, stride=1, padding=p // 2)
+
+
+def haze_loss(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """Q's haze term: mean dark channel. In haze-free outdoor photos most patches hold a near-black pixel
+    (the dark channel prior); the veil A(1−t) lifts them all."""
+    return dark_channel(x, patch).mean()
 
 
 def quality_loss(x: torch.Tensor, patch: int, level: float) -> torch.Tensor:

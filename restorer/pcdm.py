@@ -66,6 +66,15 @@ class PCDM(nn.Module):
         self.l.weight.zero_()
         self.l.bias.fill_(1.0)
 
+    def global_parameters(self) -> list[nn.Parameter]:
+        """Per-channel gain l(α0, σ0) and the colour/affine map f3: what darkening, haze veil and colour cast
+        need to move by O(1), so they learn at `pcdm_global_lr`."""
+        return [*self.l.parameters(), *self.f3.parameters()]
+
+    def local_parameters(self) -> list[nn.Parameter]:
+        """The convolutions f1, f2 (spatial, able to copy image content), at the slower `pcdm_lr`."""
+        return [*self.f1.parameters(), *self.f2.parameters()]
+
     def forward(self, x: torch.Tensor, ggd_params: torch.Tensor) -> torch.Tensor:
         h = self.f1(x)
         mod = self.l(ggd_params.reshape(1, -1)).view(1, 3, 1, 1)
@@ -75,7 +84,7 @@ class PCDM(nn.Module):
 class ResBlockDegrader(nn.Module):
     """Ablation `pcdm=resblock`: a plain residual block with about PCDM's parameter count, no GGD input."""
 
-    def __init__(self, target_params: int) -> None:
+    def __init__(self, target_params: int, init: str = "identity") -> None:
         super().__init__()
         hidden = self.width_for(target_params)
         act = nn.LeakyReLU(LEAKY_SLOPE)
@@ -84,6 +93,19 @@ class ResBlockDegrader(nn.Module):
             nn.Conv2d(hidden, hidden, 3, padding=1), act,
             nn.Conv2d(hidden, 3, 1),
         )
+        if init == "identity":  # the same start as PCDM's identity init: the ablation changes one thing
+            with torch.no_grad():
+                self.body[-1].weight.zero_()
+                self.body[-1].bias.zero_()
+        elif init != "random":
+            raise ValueError(f"unknown ResBlock init {init!r}")
+
+    def global_parameters(self) -> list[nn.Parameter]:
+        """The output 1×1 conv, PCDM's f3 counterpart, learns at `pcdm_global_lr`."""
+        return list(self.body[-1].parameters())
+
+    def local_parameters(self) -> list[nn.Parameter]:
+        return [p for m in list(self.body)[:-1] for p in m.parameters()]
 
     @staticmethod
     def width_for(target_params: int) -> int:
@@ -122,7 +144,7 @@ def build_degrader(kind: str, latent_channels: int, width: int, seed: int, init:
         if kind == "pcdm":
             return PCDM(latent_channels, width, init)
         if kind == "resblock":
-            return ResBlockDegrader(count_params(PCDM(latent_channels, width)))
+            return ResBlockDegrader(count_params(PCDM(latent_channels, width)), init)
     raise ValueError(f"unknown degrader {kind!r}")
 
 

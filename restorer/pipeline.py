@@ -17,6 +17,7 @@ from . import images
 from .config import RestoreConfig, resolve_config
 from .errors import ConfigError
 from .events import RestoreResult
+from .detail import restore_detail
 from .guidance import DegradationGuidance
 from .judge import QualityJudge, load_judge
 from .losses import PerceptualLoss, load_perceptual
@@ -153,7 +154,7 @@ class PreparedRestore:
         """The finished job's result; raises what ended the run otherwise (RestoreCanceled, an error)."""
         out = self.run.result()
         return RestoreResult(
-            image=images.finish(out.chosen.estimate, self.geom),
+            image=images.finish(self.final_estimate(out.chosen.estimate), self.geom),
             steps_run=out.steps_run,
             rounds=out.rounds,
             early_exit=out.early_exit,
@@ -166,7 +167,19 @@ class PreparedRestore:
             input_size=self.geom.input_size,
             sampled_size=self.geom.sampled_size,
             peak_memory_bytes=peak_memory(self.run.prior.device),
+            chosen_checkpoint=next(i for i, c in enumerate(out.checkpoints) if c is out.chosen),
         )
+
+
+    def final_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
+        """The chosen x̂0 (cropped, CPU), with the autoencoder's lost detail given back where φ is near identity."""
+        if self.cfg.detail == "off" or self.guidance.tone_on:
+            return estimate
+        device = self.guidance.x_lq.device
+        with torch.no_grad():
+            predicted = self.geom.crop(self.guidance.degrade(estimate.to(device))).cpu()
+        x_lq = self.geom.crop(self.guidance.x_lq).cpu()
+        return restore_detail(estimate, x_lq, predicted, self.cfg.detail_window)
 
 
 @dataclass

@@ -76,13 +76,21 @@ def ddim_step(prior: Prior, z0: torch.Tensor, eps: torch.Tensor, t_prev: int) ->
     return a**0.5 * z0 + (1 - a) ** 0.5 * eps
 
 
-def guidance_step(grad: torch.Tensor, kappa: float, rms_cap: float | None) -> torch.Tensor:
-    """g = −κ·∂J/∂ẑ0, its per-element RMS capped at `rms_cap` (a guard against rare gradient spikes)."""
-    g = -kappa * grad
+def guidance_step(grad: torch.Tensor, kappa: float, rms_cap: float | None, step_fraction: float) -> torch.Tensor:
+    """δ = −κ·h·N·∂J/∂ẑ0: the correction to ẑ0 for one step covering a fraction h of the diffusion time.
+
+    Why this form (ALGORITHM.md §10, invariance): J's terms are means over pixels or latent elements, so
+    ∂J/∂ẑ0 per element shrinks as 1/N with N = ẑ0's element count; N·∂J/∂ẑ0 is the per-element gradient of
+    the *summed* loss, the same for the same content at any size. Guidance is a gradient flow on ẑ0 run
+    alongside the denoiser, dẑ0/ds = −κ·N·∂J/∂ẑ0 per unit s of diffusion time; a DDIM step covers h = 1/steps
+    of it (the schedule's spacing over T), so the total pull over any t-range is the same at 25 or 1000
+    steps. The RMS cap bounds the flow's *rate* (a guard against gradient spikes), hence also invariant.
+    """
+    rate = -kappa * grad.shape[1:].numel() * grad
     if rms_cap is not None:
-        rms = g.pow(2).mean().sqrt()
-        g = g * torch.clamp(rms_cap / (rms + RMS_EPS), max=1.0)
-    return g
+        rms = rate.pow(2).mean().sqrt()
+        rate = rate * torch.clamp(rms_cap / (rms + RMS_EPS), max=1.0)
+    return step_fraction * rate
 
 
 def renoise(prior: Prior, z0: torch.Tensor, t: int, generator: torch.Generator) -> torch.Tensor:
@@ -110,6 +118,7 @@ class SamplerRun:
         self.on_step, self.on_checkpoint, self.should_cancel = on_step, on_checkpoint, should_cancel
         self.start = time.perf_counter()
         self.guide_below = cfg.guidance_start_t * prior.num_train_timesteps / 1000  # warm-up: no guidance above
+        self.train_below = cfg.pcdm_start_t * prior.num_train_timesteps / 1000  # φ learns only below this
         x_lq = guidance.x_lq
         h, w = x_lq.shape[-2] // prior.vae_factor, x_lq.shape[-1] // prior.vae_factor
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -138,6 +147,11 @@ class SamplerRun:
     @property
     def guided(self) -> bool:
         return self.t < self.guide_below
+
+    @property
+    def step_fraction(self) -> float:
+        """h: the share of the diffusion time one step covers (uniform DDIM spacing: 1/steps)."""
+        return 1.0 / self.cfg.steps
 
     def fail(self, exc: BaseException) -> None:
         """End this run with `exc` (raised to its caller); other runs in the batch go on."""
@@ -170,11 +184,13 @@ class SamplerRun:
 
         With `pcdm_fused` on a guided step, only J: φ's update then comes from the shared backward.
         """
+        iters = self.guidance.schedule_updates(self.step_fraction) if self.t < self.train_below else 0
         if self.fused:
             with phase("guidance_loss"):
-                return self.guidance.fused_loss(x0, self.t)
+                return self.guidance.fused_loss(x0, self.t, update_phi=iters > 0)
         with phase("pcdm_train"):
-            self.guidance.train_step(x0)
+            for _ in range(iters):
+                self.guidance.train_step(x0)
         if not self.guided:
             return None
         with phase("guidance_loss"):
@@ -189,11 +205,11 @@ class SamplerRun:
         """Steps 4–5: z_{t−1} = DDIM(z_t, ε) + g; then the step callback and, every Δ, a DQR checkpoint."""
         cfg, t = self.cfg, self.t
         t_prev = self.schedule[self.i + 1] if self.i + 1 < len(self.schedule) else -1
-        z_next = ddim_step(self.prior, self._z0.detach(), self._eps, t_prev)
-        if grad is not None:
-            z_next = z_next + guidance_step(grad, cfg.kappa, cfg.guidance_rms_cap)
+        z0 = self._z0.detach()
+        if grad is not None:  # the correction moves ẑ0; DDIM carries it into z_{t−1} with √ᾱ_{t−1}
+            z0 = z0 + guidance_step(grad, cfg.kappa, cfg.guidance_rms_cap, self.step_fraction)
             self.guided_steps += 1
-        self.z = z_next.detach()
+        self.z = ddim_step(self.prior, z0, self._eps, t_prev).detach()
         self.steps_run += 1
         self.i += 1
         if self.on_step is not None:

@@ -14,7 +14,7 @@ from restorer.prior import load_prior
 from restorer.sampler import BatchSampler
 from restorer_helpers import random_image
 
-FAST = {"steps": 8, "checkpoint_every": 2, "min_guided_intervals": 1}
+FAST = {"steps": 8, "checkpoint_every": 2, "min_guided_intervals": 1, "dqr": "on"}
 # one level of 8-bit rounding: batched and solo convolutions may sum in a different order
 PIXEL_TOLERANCE = 1
 

@@ -1,12 +1,18 @@
-"""Restoration quality on the real mini-ldm prior (skips when ../shared is absent). Slow: ~1–2 min."""
+"""Restoration quality on the real mini-ldm prior (skips when ../shared is absent). Slow: ~1–2 min.
+
+The default preset, blind (no task label), on Kodak 128² centre crops with the benchmark's seeded degradations:
+noise and low light + noise are restored clearly above the input, and a clean photo comes back no worse than
+the prior's own autoencoder reconstruction of it ("do no harm").
+"""
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from benchmarks.degradations import degrade
+from benchmarks.quality import centre_crop
 from restorer import Restorer, resolve_config
 from restorer.images import pil_to_tensor
 
@@ -14,10 +20,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 MINI_LDM = SHARED / "weights" / "mini-ldm"
 KODAK = SHARED / "data" / "kodak24"
 CROP = 128
-SIGMA = 25 / 255
-IMAGES = ("kodim05.png", "kodim23.png")
 MIN_GAIN_DB = 2.0
-"""'Clearly above the noisy input': measured gains are ~4–5 dB; 2 dB leaves room for seeds and machines."""
+"""'Clearly above the degraded input' (issue #11's bar); measured gains are ~4–6 dB."""
+HARM_MARGIN_DB = 1.5
+"""A clean input may come back at most this far below the autoencoder's reconstruction of it."""
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,26 +32,35 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(scope="module")
+def restorer():
+    return Restorer.load(str(MINI_LDM), device="cpu", judge="piqe", perceptual="off")
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
 
 
-def centre_crop(path: Path) -> Image.Image:
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    return img.crop(((w - CROP) // 2, (h - CROP) // 2, (w + CROP) // 2, (h + CROP) // 2))
+def crop(name: str) -> Image.Image:
+    return centre_crop(Image.open(KODAK / f"{name}.png"), CROP)
 
 
-def test_default_preset_raises_psnr_on_gaussian_noise():
-    restorer = Restorer.load(str(MINI_LDM), device="cpu", judge="piqe", perceptual="off")
-    gains = []
-    for i, name in enumerate(IMAGES):
-        clean = pil_to_tensor(centre_crop(KODAK / name))
-        noisy = (clean + SIGMA * torch.randn(clean.shape, generator=torch.Generator().manual_seed(i))).clamp(0, 1)
-        noisy_img = Image.fromarray((noisy[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-        result = restorer.restore(noisy_img, resolve_config(None, {"seed": i}))
-        out = pil_to_tensor(result.image)
-        gains.append(psnr(out, clean) - psnr(pil_to_tensor(noisy_img), clean))
-        print(f"{name}: noisy {psnr(pil_to_tensor(noisy_img), clean):.2f} dB -> {psnr(out, clean):.2f} dB "
-              f"({result.steps_run} steps, {result.rounds} rounds, early exit {result.early_exit})")
-    assert min(gains) > 0 and float(np.mean(gains)) > MIN_GAIN_DB, gains
+@pytest.mark.parametrize(("name", "kind"), [("kodim05", "noise25"), ("kodim23", "noise25"),
+                                            ("kodim05", "lowlight+noise")])
+def test_default_preset_restores_blind(restorer, name, kind):
+    clean = crop(name)
+    degraded, _ = degrade(clean, kind, name)
+    out = pil_to_tensor(restorer.restore(degraded, resolve_config()).image)
+    x, y = pil_to_tensor(clean), pil_to_tensor(degraded)
+    print(f"{name} {kind}: {psnr(y, x):.2f} dB -> {psnr(out, x):.2f} dB")
+    assert psnr(out, x) > psnr(y, x) + MIN_GAIN_DB
+
+
+def test_a_clean_photo_comes_back_close_to_itself(restorer):
+    clean = crop("kodim23")
+    x = pil_to_tensor(clean)
+    out = pil_to_tensor(restorer.restore(clean, resolve_config()).image)
+    with torch.no_grad():
+        ae = restorer.prior.decode(restorer.prior.encode(x)).clamp(0, 1)
+    print(f"kodim23 clean: autoencoder {psnr(ae, x):.2f} dB, restorer {psnr(out, x):.2f} dB")
+    assert psnr(out, x) > psnr(ae, x) - HARM_MARGIN_DB

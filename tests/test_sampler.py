@@ -11,7 +11,7 @@ from restorer.prior import load_prior
 from restorer_helpers import random_image, rising_judge, scripted_judge
 from tiny_models import make_tiny_sd
 
-FAST = {"steps": 8, "checkpoint_every": 2, "judge": "auto"}
+FAST = {"steps": 8, "checkpoint_every": 2, "judge": "auto", "dqr": "on"}
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +114,23 @@ def test_guidance_pulls_towards_the_input(prior, piqe):
     img = random_image(16, 16, seed=3)
     x = np.asarray(img, dtype=np.float32)
     dist = {}
-    for kappa in (0.0, 4000.0):
-        cfg = resolve_config("fast", {**FAST, "kappa": kappa, "dqr": "off", "guidance_start_t": 1000})
+    for kappa in (0.0, 30.0):  # detail off: the sampled estimate itself, not the pixel-space step
+        cfg = resolve_config("fast", {**FAST, "kappa": kappa, "dqr": "off", "guidance_start_t": 1000, "detail": "off"})
         out = np.asarray(restorer_with(prior, piqe).restore(img, cfg).image, dtype=np.float32)
         dist[kappa] = float(((out - x) ** 2).mean())
-    assert dist[4000.0] < dist[0.0]
+    assert dist[30.0] < dist[0.0]
+
+
+def test_detail_step_gives_back_what_the_estimate_lacks(prior, piqe):
+    """On a well-exposed input the final pixel-space step moves the output toward the input."""
+    img = random_image(16, 16, seed=4)
+    x = np.asarray(img, dtype=np.float32)
+    dist = {}
+    for detail in ("off", "wiener"):
+        cfg = resolve_config("fast", {**FAST, "dqr": "off", "detail": detail})
+        out = np.asarray(restorer_with(prior, piqe).restore(img, cfg).image, dtype=np.float32)
+        dist[detail] = float(((out - x) ** 2).mean())
+    assert dist["wiener"] < dist["off"]
 
 
 def test_rgba_and_greyscale_inputs(prior, piqe):
@@ -133,7 +145,8 @@ def test_result_is_the_chosen_checkpoint_never_an_unguided_one(prior):
     """The first checkpoints come before guidance acts (unconditional samples): even when the judge loves them,
     the returned image and its reported score come from a guided checkpoint."""
     judge = scripted_judge([0.99, 0.99, 0.3, 0.5, 0.7, 0.71])
-    cfg = resolve_config("fast", {**FAST, "steps": 12, "checkpoint_every": 2, "min_guided_intervals": 1})
+    cfg = resolve_config("fast", {**FAST, "steps": 12, "checkpoint_every": 2, "min_guided_intervals": 1,
+                                  "dqr": "on", "detail": "off"})
     result = restorer_with(prior, judge).restore(random_image(20, 20), cfg)
     assert result.final_score < 0.99
     chosen = [c for c in result.checkpoints if c.score == result.final_score]
