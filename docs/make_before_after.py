@@ -1,51 +1,59 @@
-"""Make the README's before/after picture with the project itself (mini-ldm, default preset).
+"""Make the README's before/after picture with the project itself (mini-ldm, default preset, blind).
 
-    python docs/make_before_after.py --model ../shared/weights/mini-ldm --out docs/before_after.png
+    python docs/make_before_after.py --out docs/before_after.png
 
-Kodak24 kodim23 centre crop, synthetic Gaussian noise σ=25 (seed 0), restored with the default preset;
-the picture is noisy | restored | clean with PSNR in the caption printed to stdout.
+One row per degradation (the benchmark's seeded ones, on a Kodak24 centre crop): degraded | restored | clean,
+with PSNR printed to stdout. The restorer is given no task label: the same preset runs every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from restorer import Restorer, resolve_config
-from restorer.images import pil_to_tensor, tensor_to_pil
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.degradations import degrade  # noqa: E402
+from benchmarks.quality import centre_crop  # noqa: E402
+from restorer import Restorer, resolve_config  # noqa: E402
+from restorer.images import pil_to_tensor  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+GAP = 4
+"""Pixels of white between tiles."""
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean().clamp_min(1e-10)))
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=str(SHARED / "weights" / "mini-ldm"))
     p.add_argument("--image", default=str(SHARED / "data" / "kodak24" / "kodim23.png"))
-    p.add_argument("--size", type=int, default=192)
-    p.add_argument("--sigma", type=float, default=25.0)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--kinds", default="noise25,lowlight+noise,clean")
     p.add_argument("--out", default="docs/before_after.png")
     args = p.parse_args()
 
-    img = Image.open(args.image).convert("RGB")
-    w, h, s = *img.size, args.size
-    clean = pil_to_tensor(img.crop(((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2)))
-    noisy = (clean + args.sigma / 255 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
-    noisy_img = tensor_to_pil(noisy)
+    clean = centre_crop(Image.open(args.image), args.size)
     restorer = Restorer.load(args.model, device="cpu", judge="piqe", perceptual="off")
-    result = restorer.restore(noisy_img, resolve_config(None, {"seed": 0}))
-    out = pil_to_tensor(result.image)
-    strip = np.concatenate([np.asarray(noisy_img), np.asarray(result.image), np.asarray(tensor_to_pil(clean))], axis=1)
+    rows = []
+    for kind in args.kinds.split(","):
+        degraded, _ = degrade(clean, kind, Path(args.image).stem)
+        result = restorer.restore(degraded, resolve_config(None, {"seed": 0}))
+        x = pil_to_tensor(clean)
+        print(f"{kind}: degraded {psnr(pil_to_tensor(degraded), x):.2f} dB | restored "
+              f"{psnr(pil_to_tensor(result.image), x):.2f} dB ({result.steps_run} steps, {result.seconds:.0f} s)")
+        tiles = [np.asarray(im) for im in (degraded, result.image, clean)]
+        rows.append(np.concatenate([np.pad(t, ((0, GAP), (0, GAP), (0, 0)), constant_values=255) for t in tiles], 1))
+    strip = np.concatenate(rows, axis=0)
     Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.Resampling.NEAREST).save(args.out)
-    print(f"{args.out}: noisy {psnr(pil_to_tensor(noisy_img), clean):.2f} dB | restored {psnr(out, clean):.2f} dB "
-          f"({result.steps_run} steps, {result.rounds} round(s), early exit {result.early_exit}, {result.seconds:.0f} s)")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

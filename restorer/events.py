@@ -85,6 +85,7 @@ class RestoreResult:
     sampled_size: tuple[int, int]
     peak_memory_bytes: int | None = None
     chosen_checkpoint: int | None = None  # index in `checkpoints` of the estimate returned
+    tone_gamma: float = 1.0  # exposure curve x ↦ x^γ applied before sampling (1: none; restorer/tone.py)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -99,6 +100,7 @@ class RestoreResult:
             "sampled_size": list(self.sampled_size),
             "peak_memory_bytes": self.peak_memory_bytes,
             "chosen_checkpoint": self.chosen_checkpoint,
+            "tone_gamma": round(self.tone_gamma, 4),
             "config": self.config,
             "checkpoints": [c.to_dict() for c in self.checkpoints],
         }
