@@ -241,7 +241,23 @@ def summarise(rows: list[dict[str, Any]], methods: list[str], degradations: list
                   + f" | {fmt(e['seconds'], 1)} | {fmt(e['steps_run'], 1)} | {fmt(e['rounds'], 2)} | "
                   + (f"{e['early_exit_rate']:.0%}" if e["early_exit_rate"] is not None else "n/a")
                   + f" | {fmt(e['psnr_pick'])} / {fmt(e['psnr_last'])} / {fmt(e['psnr_best'])} |")
+    md += pivot_md(table, methods, degradations)
     return summary, "\n".join(md) + "\n"
+
+
+def pivot_md(table: list[dict[str, Any]], methods: list[str], degradations: list[str]) -> list[str]:
+    """The same means as one grid: a row per degradation, a column per method, 'PSNR / SSIM' in each cell."""
+    cell = {(e["degradation"], e["method"]): e for e in table}
+    shown = [m for m in methods if any((d, m) in cell for d in degradations)]
+    lines = ["", "PSNR dB / SSIM, mean over images:", "",
+             "| degradation | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+    for d in degradations:
+        row = []
+        for m in shown:
+            e = cell.get((d, m))
+            row.append("–" if e is None or e.get("psnr") is None else f"{e['psnr']:.2f} / {fmt(e.get('ssim'), 3)}")
+        lines.append(f"| {d} | " + " | ".join(row) + " |")
+    return lines
 
 
 # --- main ---------------------------------------------------------------------------------------------

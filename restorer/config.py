@@ -73,6 +73,11 @@ class RestoreConfig(BaseModel):
         "mean(x^γ) = E (restorer/tone.py), then sampled as a well-exposed one. learned: the paper's way — φ's tone "
         "part learns the darkening while Q's exposure term brightens x̂0; measured to invent the scene (README).",
     )
+    tone_black: float = Field(
+        0.4, ge=0.0,
+        description="Black level taken off before the curve, in units of the blindly estimated noise σ: Gaussian "
+        "noise clipped at 0 lifts black to ≈ σ/√(2π) ≈ 0.4σ, which the curve would turn into a grey veil.",
+    )
     tone_gamma_min: float = Field(
         0.1, gt=0.0, le=1.0, description="Strongest brightening the curve may apply (x^0.1)."
     )

@@ -17,7 +17,7 @@ from . import images, tone
 from .config import RestoreConfig, resolve_config
 from .errors import ConfigError
 from .events import RestoreResult
-from .detail import restore_detail
+from .detail import noise_sigma, restore_detail
 from .guidance import DegradationGuidance
 from .judge import QualityJudge, load_judge
 from .losses import PerceptualLoss, load_perceptual
@@ -75,13 +75,15 @@ class Restorer:
         image = images.upright(image)
         geom = self.canvas(image.size, cfg)
         x_lq = images.prepare(image, geom).to(self.prior.device)
-        gamma, x_in = 1.0, x_lq
+        gamma, black, x_in = 1.0, 0.0, x_lq
         if cfg.tone == "curve" and float(x_lq.mean()) < cfg.exposure_gate:
-            gamma = tone.exposure_gamma(x_lq, cfg.exposure_level, cfg.tone_gamma_min)
-            x_lq = tone.correct_exposure(x_lq, gamma)
+            # clipped sensor noise lifts the blacks by ~σ/√(2π): take that floor off before the curve
+            black = min(cfg.tone_black * float(noise_sigma(x_lq).mean()), float(x_lq.mean()) / 2)
+            gamma = tone.exposure_gamma(tone.correct_exposure(x_lq, 1.0, black), cfg.exposure_level, cfg.tone_gamma_min)
+            x_lq = tone.correct_exposure(x_lq, gamma, black)
         guidance = DegradationGuidance(self.prior, x_lq, cfg, perceptual)
         run = SamplerRun(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
-        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, x_in, gamma)
+        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, x_in, gamma, black)
 
     def canvas(self, size: tuple[int, int], config: RestoreConfig) -> images.Geometry:
         """Where an image of `size` is sampled: jobs with the same padded canvas can share a batch."""
@@ -154,7 +156,8 @@ class PreparedRestore:
     cfg: RestoreConfig
     start: float
     x_in: torch.Tensor  # the input on the padded canvas, before the exposure curve
-    tone_gamma: float = 1.0  # the exposure curve x ↦ x^γ applied before sampling (1: none)
+    tone_gamma: float = 1.0  # the exposure curve x ↦ ((x − b)/(1 − b))^γ applied before sampling (1: none)
+    tone_black: float = 0.0  # its black level b
 
     def result(self) -> RestoreResult:
         """The finished job's result; raises what ended the run otherwise (RestoreCanceled, an error)."""
@@ -180,7 +183,7 @@ class PreparedRestore:
 
     def final_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
         """The chosen x̂0 (cropped, CPU), with what the autoencoder lost given back (restorer/detail.py)."""
-        if self.cfg.detail == "off" or self.guidance.tone_on:
+        if self.cfg.detail == "off" or self.guidance.tone_on or self.tone_gamma != 1.0:
             # where φ darkens, r lives in the dark domain and its tone mismatch, mapped back through φ's small
             # slope, was amplified: measured on 2 low-light tuning crops 10.28 → 4.34 dB. Kept for tone-off only.
             return estimate
@@ -188,11 +191,13 @@ class PreparedRestore:
             predicted = self.guidance.degrade(estimate.to(self.guidance.x_lq.device)).cpu()
         # The shrinkage runs in the input's own domain, where its noise is (near) stationary and measured;
         # after an exposure curve that means undoing the curve first and applying it again after.
-        g = self.tone_gamma
+        g, b = self.tone_gamma, self.tone_black
         x_in = self.geom.crop(self.x_in).cpu()
-        to_input = (lambda v: v.clamp(0, 1).pow(1 / g)) if g != 1.0 else (lambda v: v)  # noqa: E731
-        out = restore_detail(to_input(estimate), x_in, to_input(predicted), self.cfg.detail_window)
-        return tone.correct_exposure(out, g) if g != 1.0 else out
+        if g == 1.0:
+            return restore_detail(estimate, x_in, predicted, self.cfg.detail_window)
+        out = restore_detail(tone.undo_exposure(estimate, g, b), x_in, tone.undo_exposure(predicted, g, b),
+                             self.cfg.detail_window)
+        return tone.correct_exposure(out, g, b)
 
 
 @dataclass

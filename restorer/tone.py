@@ -35,5 +35,12 @@ def exposure_gamma(x: torch.Tensor, level: float, gamma_min: float) -> float:
     return math.exp((lo + hi) / 2)
 
 
-def correct_exposure(x: torch.Tensor, gamma: float) -> torch.Tensor:
-    return x.clamp(0, 1).pow(gamma)
+def correct_exposure(x: torch.Tensor, gamma: float, black: float = 0.0) -> torch.Tensor:
+    """x ↦ ((x − b)/(1 − b))^γ: the black level b (the floor sensor noise lifts a dark image to) is taken off
+    before the curve, which would otherwise lift it into a grey veil."""
+    return ((x - black) / (1 - black)).clamp(0, 1).pow(gamma)
+
+
+def undo_exposure(x: torch.Tensor, gamma: float, black: float = 0.0) -> torch.Tensor:
+    """The inverse of `correct_exposure` on [0, 1]."""
+    return x.clamp(0, 1).pow(1 / gamma) * (1 - black) + black
