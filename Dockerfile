@@ -27,11 +27,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# 1. PyTorch from its own index (CUDA wheels), pinned; the constraint file keeps every later
-#    install from swapping it for the CPU build on PyPI.
+# 1. PyTorch from its own index (CUDA wheels), pinned; every other version comes from the repo's
+#    constraints.txt (scripts/lock.sh), minus its torch/CUDA lines, which the build arguments decide.
+COPY constraints.txt /opt/constraints.lock
 RUN pip install --upgrade pip setuptools wheel \
  && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
- && printf 'torch==%s\ntorchvision==%s\n' "${TORCH_VERSION}" "${TORCHVISION_VERSION}" > /opt/constraints.txt
+ && { grep -vE '^(torch|torchvision|triton|nvidia-|cuda-)' /opt/constraints.lock; \
+      printf 'torch==%s\ntorchvision==%s\n' "${TORCH_VERSION}" "${TORCHVISION_VERSION}"; } > /opt/constraints.txt
 
 # 2. The project's runtime dependencies, read from pyproject.toml alone so this layer stays cached while
 #    only the source changes.

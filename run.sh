@@ -3,15 +3,17 @@
 #
 #   ./run.sh                                   # production prior (SD 2.1-base from the HF cache/hub), serve
 #   ./run.sh --model ../shared/weights/mini-ldm  # any local diffusers LDM folder instead
-#   ./run.sh --model DIR --demo photo.png        # also restore one image through the API, write out/, exit
+#   ./run.sh --model DIR --demo photo.png        # degrade a crop of a clean photo, restore it through the API,
+#                                                # write out/<name>-before-after.png, print PSNR/SSIM, exit
 #
 # Options: --model ID_OR_PATH (UPZIR_MODEL) · --device cuda|cpu|auto (UPZIR_DEVICE) · --preset NAME
-# (UPZIR_PRESET) · --port N (UPZIR_PORT) · --demo IMAGE · --set FIELD=VALUE (a POST /restore form field
-# for the demo job, e.g. --set max_pixels=65536) · --no-setup (skip installs)
+# (UPZIR_PRESET) · --port N (UPZIR_PORT) · --demo IMAGE · --degrade KIND (default lowlight+noise; none: send
+# the photo as it is) · --crop N (default 128; 0: whole photo) · --set FIELD=VALUE (a POST /restore form
+# field for the demo job, e.g. --set seed=1) · --no-setup (skip installs)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
-demo="" setup=1 fields=()
+demo="" setup=1 demo_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) export UPZIR_MODEL="$2"; shift 2 ;;
@@ -19,14 +21,17 @@ while [ $# -gt 0 ]; do
     --preset) export UPZIR_PRESET="$2"; shift 2 ;;
     --port) export UPZIR_PORT="$2"; shift 2 ;;
     --demo) demo="$2"; shift 2 ;;
-    --set) fields+=("$2"); shift 2 ;;
+    --set) demo_args+=(--set "$2"); shift 2 ;;
+    --degrade) demo_args+=(--degrade "$2"); shift 2 ;;
+    --crop) demo_args+=(--crop "$2"); shift 2 ;;
     --no-setup) setup=0; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 if [ -n "$demo" ] && [ ! -f "$demo" ]; then echo "run.sh: --demo $demo: no such file" >&2; exit 2; fi
-[ "$setup" = 1 ] && UPZIR_EXTRAS=${UPZIR_EXTRAS:-test} bash scripts/setup.sh
+# serving needs only the runtime packages and Redis; the tests' extras are .ci/run's business
+[ "$setup" = 1 ] && UPZIR_EXTRAS=${UPZIR_EXTRAS:-} bash scripts/setup.sh
 
 port=${UPZIR_PORT:-8000}
 mkdir -p out
@@ -51,32 +56,7 @@ curl -fsS "http://127.0.0.1:${port}/readyz" >/dev/null || { echo "run.sh: not re
 echo "ready: web page http://127.0.0.1:${port}/ · API docs http://127.0.0.1:${port}/docs · metrics /metrics"
 
 if [ -n "$demo" ]; then
-  $PY - "$demo" "$port" "${fields[@]}" <<'PYEOF'
-import sys
-from pathlib import Path
-from service.client import ClientError, RestoreClient
-
-src, port = Path(sys.argv[1]), sys.argv[2]
-fields = dict(f.split("=", 1) for f in sys.argv[3:])
-client = RestoreClient(f"http://127.0.0.1:{port}")
-try:
-    job = client.submit(src, **fields)
-except ClientError as exc:
-    sys.exit(f"run.sh: the API refused the demo job: {exc}")
-print(f"submitted job {job['id']}")
-for ev in client.events(job["id"]):
-    if ev.event == "checkpoint":
-        d = ev.data
-        print(f"  round {d.get('round')} step {d.get('step')}/{d.get('total_steps')} t={d.get('t')} "
-              f"score {d.get('score', 0):.3f} → {d.get('decision')}")
-    elif ev.event in ("status", "completed"):
-        print(f"  {ev.event}: {ev.data.get('status') if isinstance(ev.data, dict) else ev.data}")
-done = client.wait(job["id"], timeout=3600)
-out = Path("out") / f"{src.stem}-restored.png"
-out.write_bytes(client.result(job["id"]))
-m = done["metrics"]
-print(f"{done['status']}: {out} ({m['steps_run']} steps, {m['rounds']} round(s), early exit {done['early_exit']}, {m['run_s']:.1f} s)")
-PYEOF
+  $PY -m service.demo "$demo" --url "http://127.0.0.1:${port}" "${demo_args[@]}"
   exit 0
 fi
 wait -n "${pids[@]}"

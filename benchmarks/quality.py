@@ -29,7 +29,8 @@ from PIL import Image
 
 from .common import DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS_ROOT, command_line, fmt, header_md, machine, parse_set, write_json
 from .baselines import BASELINES
-from .degradations import degrade, to_array, to_pil
+from restorer.degradations import degrade, to_array, to_pil
+from restorer.images import centre_crop
 
 LDRPS = {"lambda_deg": "0", "pcdm": "resblock", "dqr": "off", "pcdm_anchor": "1.0"}
 """LD-RPS-like, as read from its paper: no DegLoss (λ1=0), φ a plain residual block without the GGD input, a fixed
@@ -61,17 +62,6 @@ def method_config(method: str) -> tuple[str | None, dict[str, str]] | None:
 
 
 # --- data ---------------------------------------------------------------------------------------------
-def centre_crop(img: Image.Image, size: int) -> Image.Image:
-    img = img.convert("RGB")
-    w, h = img.size
-    if min(w, h) < size:  # small images: scale up the short side first
-        s = size / min(w, h)
-        img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-        w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
 def fit_longer_side(img: Image.Image, size: int) -> Image.Image:
     img = img.convert("RGB")
     w, h = img.size

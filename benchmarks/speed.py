@@ -108,8 +108,8 @@ def build_sd_arch(arch: str, root: Path, seed: int = 0) -> Path:
 # --- inputs and memory --------------------------------------------------------------------------------
 def test_image(size: int, data_root: Path) -> tuple[Image.Image, str]:
     """A noisy (σ=25) centre crop of kodim01 when the data is there, else seeded noise."""
-    from .degradations import degrade
-    from .quality import centre_crop
+    from restorer.degradations import degrade
+    from restorer.images import centre_crop
 
     src = data_root / "kodak24" / "kodim01.png"
     if src.exists():

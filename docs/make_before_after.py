@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.degradations import degrade  # noqa: E402
-from benchmarks.quality import centre_crop  # noqa: E402
+from restorer.degradations import degrade  # noqa: E402
+from restorer.images import centre_crop  # noqa: E402
 from restorer import Restorer, resolve_config  # noqa: E402
 from restorer.images import pil_to_tensor  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""`upzir` command line: `restore` runs the library on one image; `worker`/`serve` start the service parts.
+"""`upzir` command line: `restore` runs the library on one image, `degrade` makes a test input from a clean
+photo (the benchmark's seeded degradations); `worker`/`serve` start the service parts.
 
 Every failure a user can cause (bad path, unreadable image, unknown option, missing weights) ends in one
 line on stderr and a non-zero exit, never a traceback.
@@ -19,6 +20,7 @@ from .errors import RestorerError
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_CANCELED = 130
+OUTPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 SUBCOMMANDS = {
     "worker": ("worker.main", "run a queue worker (loads the prior once, runs jobs in-process)"),
@@ -51,7 +53,49 @@ def _restore_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any sampler option, e.g. --set kappa=2000 --set dqr=off")
     p.add_argument("--report", type=Path, help="write a JSON report (steps, rounds, checkpoints, seconds)")
+    p.add_argument("--reference", type=Path,
+                   help="a clean version of the input (same size): PSNR/SSIM of input and output against it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _degrade_parser(sub: argparse._SubParsersAction) -> None:
+    from .degradations import DEGRADATIONS
+
+    p = sub.add_parser("degrade", help="degrade a clean photo (to try the restorer on)",
+                       description="Apply one of the benchmark's seeded degradations to a clean photo.")
+    p.add_argument("input", type=Path, help="a clean image (PNG, JPEG, WebP, ...)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="where to write the degraded image")
+    p.add_argument("--kind", required=True, choices=list(DEGRADATIONS), help="which degradation")
+    p.add_argument("--seed", type=int, default=0, help="with the file name, fixes the noise, gamma, haze...")
+    p.add_argument("--crop", type=int, help="first take the centre N×N square (the benchmarks use 128)")
+    p.add_argument("--clean-output", type=Path, help="also write the (cropped) clean image, for --reference")
+
+
+def _check_output(path: Path) -> None:
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise RestorerError(f"{path}: unknown output format (use .png, .jpg or .webp)")
+    if not path.parent.exists():
+        raise RestorerError(f"{path.parent}: output folder does not exist")
+
+
+def _run_degrade(args: argparse.Namespace) -> int:
+    from .degradations import degrade
+    from .images import centre_crop, load_image
+
+    for path in (args.output, args.clean_output):
+        if path is not None:
+            _check_output(path)
+    if args.crop is not None and args.crop < 8:
+        raise RestorerError(f"--crop {args.crop}: use at least 8 pixels")
+    clean = load_image(args.input).convert("RGB")
+    if args.crop is not None:
+        clean = centre_crop(clean, args.crop)
+    degraded, clean = degrade(clean, args.kind, args.input.stem, args.seed)
+    degraded.save(args.output)
+    if args.clean_output is not None:
+        clean.save(args.clean_output)
+    print(f"{args.output}: {args.kind}, {clean.size[0]}×{clean.size[1]}", file=sys.stderr)
+    return 0
 
 
 def _run_restore(args: argparse.Namespace) -> int:
@@ -67,10 +111,11 @@ def _run_restore(args: argparse.Namespace) -> int:
             overrides[key] = getattr(args, key)
     cfg = resolve_config(args.preset, overrides)
     image = load_image(args.input)
-    if args.output.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}:
-        raise RestorerError(f"{args.output}: unknown output format (use .png, .jpg or .webp)")
-    if not args.output.parent.exists():
-        raise RestorerError(f"{args.output.parent}: output folder does not exist")
+    _check_output(args.output)
+    reference = load_image(args.reference) if args.reference else None
+    if reference is not None and reference.size != image.size:
+        raise RestorerError(f"--reference {args.reference} is {reference.size[0]}×{reference.size[1]}, the input is "
+                            f"{image.size[0]}×{image.size[1]}: they must have the same size")
 
     restorer = Restorer.load(args.model, device=args.device, dtype=args.dtype,
                              judge=cfg.judge, perceptual=cfg.perceptual)
@@ -91,12 +136,21 @@ def _run_restore(args: argparse.Namespace) -> int:
     bar.close()
     result.image.save(args.output)
     report = {"input": str(args.input), "output": str(args.output), **restorer.describe(), **result.report()}
+    if reference is not None:
+        from .compare import reference_scores
+
+        report["reference"] = {"path": str(args.reference), "input": reference_scores(image, reference),
+                               "output": reference_scores(result.image, reference)}
     if args.report:
         args.report.write_text(json.dumps(report, indent=2))
     if not args.quiet:
         print(f"{args.output}: {result.steps_run} steps, {result.rounds} round(s), "
               f"early exit {'yes' if result.early_exit else 'no'}, score {result.final_score:.3f} "
               f"({result.judge}), {result.seconds:.1f} s", file=sys.stderr)
+        if reference is not None:
+            before, after = report["reference"]["input"], report["reference"]["output"]
+            print(f"against {args.reference}: PSNR {before['psnr']:.2f} → {after['psnr']:.2f} dB, "
+                  f"SSIM {before['ssim']:.3f} → {after['ssim']:.3f}", file=sys.stderr)
     return 0
 
 
@@ -115,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="upzir", description="UP-ZeroIR zero-shot image restoration.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _restore_parser(sub)
+    _degrade_parser(sub)
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="upzir: %(levelname)s: %(message)s")
     try:
-        return _run_restore(args)
+        return _run_degrade(args) if args.command == "degrade" else _run_restore(args)
     except KeyboardInterrupt:
         print("upzir: interrupted", file=sys.stderr)
         return EXIT_CANCELED

@@ -55,6 +55,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def centre_crop(img: Image.Image, size: int) -> Image.Image:
+    """The centre `size`² square (RGB); an image shorter than `size` is first scaled up (bicubic) to cover it."""
+    img = img.convert("RGB")
+    w, h = img.size
+    if min(w, h) < size:
+        s = size / min(w, h)
+        img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BICUBIC)
+        w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     arr = np.asarray(to_rgb(img), dtype=np.float32) / 255.0
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0)

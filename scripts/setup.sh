@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Install upzir and what its tests and local runs need, and make sure Redis answers. Idempotent.
-# Used by ./run.sh (the main job) and .ci/run (the tests). Needs root (or sudo-less apt) only when a
-# system tool is missing.
+# Install upzir and make sure Redis answers. Idempotent. UPZIR_EXTRAS=test (what .ci/run sets) adds the
+# tests' packages and tools (promtool, Chromium); ./run.sh installs only what serving needs. Versions come
+# from constraints.txt (scripts/lock.sh). Needs root (or sudo-less apt) only when a system tool is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 PY=${PYTHON:-python3}
-EXTRAS=${UPZIR_EXTRAS:-test}
+EXTRAS=${UPZIR_EXTRAS:-}
 
 echo "== python packages"
 # torch/torchvision first, pinned: on the CI machine pip takes them from local disk.
-$PY -m pip install -q torch==2.14.1 torchvision==0.29.1
-$PY -m pip install -q -e ".[${EXTRAS}]"
+$PY -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+$PY -m pip install -q -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}"
 
 echo "== system tools"
 apt_pkgs=()

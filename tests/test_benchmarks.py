@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.degradations import DEGRADATIONS, degrade, to_array
+from restorer.degradations import DEGRADATIONS, degrade, to_array
 
 
 def _clean(size: int = 48, seed: int = 0) -> Image.Image:
@@ -162,7 +162,7 @@ def test_baselines_ceiling_and_dqr_columns(tiny_ldm_dir: Path, tmp_path: Path) -
 
 def test_baselines_do_what_they_are_for() -> None:
     from benchmarks.baselines import BASELINES, estimate_sigma
-    from benchmarks.degradations import DEGRADATIONS
+    from restorer.degradations import DEGRADATIONS
 
     rng = np.random.default_rng(0)
     x = np.asarray(_clean(64, seed=3), dtype=np.float64) / 255.0

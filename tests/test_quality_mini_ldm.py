@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.degradations import degrade
-from benchmarks.quality import centre_crop
+from restorer.degradations import degrade
+from restorer.images import centre_crop
 from restorer import Restorer, resolve_config
 from restorer.images import pil_to_tensor
 

@@ -161,6 +161,42 @@ def test_round_trip_with_events_result_metrics_and_webhook(stack, webhook_url):
     assert job["id"] not in api_metrics + wm
 
 
+def test_the_demo_degrades_restores_and_writes_the_strip(stack, tmp_path, capsys):
+    """`./run.sh --demo` without the shell: a clean photo in, degraded | restored | original out, scores printed."""
+    from service import demo
+
+    photo, out = tmp_path / "photo.png", tmp_path / "out"
+    photo.write_bytes(image_bytes((40, 30), seed=4))
+    fields = [f"{k}={v}" for k, v in FAST.items()]
+    argv = [str(photo), "--url", stack.api, "--crop", "24", "--out", str(out)] + [a for f in fields for a in ("--set", f)]
+    assert demo.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and "SSIM" in printed and "succeeded" in printed
+    strip = Image.open(out / "photo-before-after.png")
+    gap = demo.STRIP_SCALE * 4
+    assert strip.size == (3 * 24 * demo.STRIP_SCALE + 2 * gap, 24 * demo.STRIP_SCALE)
+    assert Image.open(out / "photo-restored.png").size == Image.open(out / "photo-degraded.png").size == (24, 24)
+
+    # an already-degraded photo: sent as it is, no reference, so no strip and no scores
+    assert demo.main([str(photo), "--url", stack.api, "--degrade", "none", "--crop", "0", "--out", str(tmp_path / "raw"),
+                      *[a for f in fields for a in ("--set", f)]]) == 0
+    assert Image.open(tmp_path / "raw" / "photo-restored.png").size == (40, 30)
+    assert not (tmp_path / "raw" / "photo-before-after.png").exists()
+
+
+def test_the_demo_says_why_when_it_cannot_run(tmp_path):
+    from service import demo
+
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes((20, 20)))
+    with pytest.raises(SystemExit, match="no such file"):
+        demo.main([str(tmp_path / "missing.png"), "--url", "http://127.0.0.1:9"])
+    with pytest.raises(SystemExit, match="cannot reach the service"):
+        demo.main([str(photo), "--url", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="crop"):
+        demo.main([str(photo), "--url", "http://127.0.0.1:9", "--crop", "-3"])
+
+
 def test_cancel_a_running_job_stops_it_at_the_next_step(stack):
     job = stack.client.submit(image_bytes((64, 64)), **SLOW)
     _wait_running(stack, job["id"])
