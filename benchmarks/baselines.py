@@ -57,15 +57,16 @@ def gamma_then_bm3d(x: Array) -> Array:
     return bm3d_blind(auto_gamma(x))
 
 
-def dark_channel_prior(x: Array) -> Array:
-    """He, Sun & Tang's dark channel prior dehazing (box-filtered transmission instead of soft matting)."""
+def dark_channel_prior(x: Array, omega: float = DCP_OMEGA, patch_share: float = DCP_PATCH_SHARE) -> Array:
+    """He, Sun & Tang's dark channel prior dehazing (box-filtered transmission instead of soft matting).
+    A smaller `omega` removes less haze (and changes a clean photo less)."""
     h, w = x.shape[:2]
-    patch = max(3, round(min(h, w) * DCP_PATCH_SHARE) | 1)
+    patch = max(3, round(min(h, w) * patch_share) | 1)
     dark = minimum_filter(x.min(axis=2), size=patch)
     n_top = max(1, round(h * w * DCP_TOP_SHARE))
     idx = np.argsort(dark.ravel())[-n_top:]
     a = x.reshape(-1, 3)[idx].max(axis=0).clip(1e-3, None)
-    t = 1.0 - DCP_OMEGA * minimum_filter((x / a).min(axis=2), size=patch)
+    t = 1.0 - omega * minimum_filter((x / a).min(axis=2), size=patch)
     t = uniform_filter(t, size=max(3, round(min(h, w) * DCP_REFINE_SHARE)))
     t = np.clip(t, DCP_T0, 1.0)[..., None]
     return np.clip((x - a) / t + a, 0.0, 1.0)

@@ -86,6 +86,7 @@ class RestoreResult:
     peak_memory_bytes: int | None = None
     chosen_checkpoint: int | None = None  # index in `checkpoints` of the estimate returned
     tone_gamma: float = 1.0  # exposure curve x ↦ x^γ applied before sampling (1: none; restorer/tone.py)
+    dehaze_transmission: float | None = None  # mean transmission of the dehaze step (None: not flagged; restorer/haze.py)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -101,6 +102,7 @@ class RestoreResult:
             "peak_memory_bytes": self.peak_memory_bytes,
             "chosen_checkpoint": self.chosen_checkpoint,
             "tone_gamma": round(self.tone_gamma, 4),
+            "dehaze_transmission": None if self.dehaze_transmission is None else round(self.dehaze_transmission, 4),
             "config": self.config,
             "checkpoints": [c.to_dict() for c in self.checkpoints],
         }

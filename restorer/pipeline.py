@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import images, tone
+from . import haze, images, tone
 from .config import RestoreConfig, resolve_config
 from .errors import ConfigError
 from .events import RestoreResult
@@ -81,9 +81,16 @@ class Restorer:
             black = min(cfg.tone_black * float(noise_sigma(x_lq).mean()), float(x_lq.mean()) / 2)
             gamma = tone.exposure_gamma(tone.correct_exposure(x_lq, 1.0, black), cfg.exposure_level, cfg.tone_gamma_min)
             x_lq = tone.correct_exposure(x_lq, gamma, black)
+        transmission = None
+        if cfg.dehaze == "auto" and haze.haze_stats(x_lq, cfg.dehaze_gate_patch).hazy(cfg.dehaze_gate_dark,
+                                                                                      cfg.dehaze_gate_saturation):
+            x_lq, transmission = haze.dehaze(x_lq, cfg.dehaze_omega, cfg.dehaze_patch, cfg.dehaze_refine,
+                                             cfg.dehaze_t_min, cfg.dehaze_top_share)
+            if gamma == 1.0:
+                x_in = x_lq  # the detail step's input domain is the dehazed one: φ learns to map x̂0 onto it
         guidance = DegradationGuidance(self.prior, x_lq, cfg, perceptual)
         run = SamplerRun(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
-        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, x_in, gamma, black)
+        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, x_in, gamma, black, transmission)
 
     def canvas(self, size: tuple[int, int], config: RestoreConfig) -> images.Geometry:
         """Where an image of `size` is sampled: jobs with the same padded canvas can share a batch."""
@@ -155,9 +162,10 @@ class PreparedRestore:
     judge: str
     cfg: RestoreConfig
     start: float
-    x_in: torch.Tensor  # the input on the padded canvas, before the exposure curve
+    x_in: torch.Tensor  # the input on the padded canvas, before the exposure curve (after dehazing, if any)
     tone_gamma: float = 1.0  # the exposure curve x ↦ ((x − b)/(1 − b))^γ applied before sampling (1: none)
     tone_black: float = 0.0  # its black level b
+    dehaze_transmission: float | None = None  # mean t of the dehaze step before sampling (None: not flagged)
 
     def result(self) -> RestoreResult:
         """The finished job's result; raises what ended the run otherwise (RestoreCanceled, an error)."""
@@ -178,6 +186,7 @@ class PreparedRestore:
             peak_memory_bytes=peak_memory(self.run.prior.device),
             chosen_checkpoint=next(i for i, c in enumerate(out.checkpoints) if c is out.chosen),
             tone_gamma=self.tone_gamma,
+            dehaze_transmission=self.dehaze_transmission,
         )
 
 
