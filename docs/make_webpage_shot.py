@@ -5,7 +5,7 @@
 
 The page is driven in headless Chromium (Playwright + Debian's /usr/bin/chromium, as tests/test_webpage.py
 does): it uploads a centre crop of a Kodak photo degraded by `restorer.degradations` (default low light +
-noise), waits for the job to finish with the default preset, sets the before/after slider to the middle and
+noise), picks the service's default preset, waits for the job to finish, sets the before/after slider to the middle and
 takes a full-page screenshot (score curve, previews at each checkpoint, slider).
 """
 
@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--image", type=Path, default=SHARED / "data" / "kodak24" / "kodim23.png")
     p.add_argument("--degrade", default="lowlight+noise", choices=list(DEGRADATIONS))
     p.add_argument("--crop", type=int, default=192)
+    p.add_argument("--preset", default="balanced", help="the preset to pick on the page (the service default)")
     p.add_argument("--out", type=Path, default=Path("docs/webpage.png"))
     args = p.parse_args()
 
@@ -47,6 +48,7 @@ def main() -> None:
         page.goto(f"{args.url}/")
         page.set_input_files("#file", files=[{"name": f"{args.image.stem}-{args.degrade}.png",
                                               "mimeType": "image/png", "buffer": buf.getvalue()}])
+        page.check(f"input[name=preset][value={args.preset}]")
         page.click("#submit")
         page.wait_for_selector("#result:not([hidden])", timeout=JOB_TIMEOUT_MS)
         page.wait_for_function("() => ['before', 'after'].every(id => { const i = document.getElementById(id);"

@@ -136,8 +136,9 @@ class RestoreConfig(BaseModel):
     )
     dehaze_omega: float = Field(
         0.6, gt=0.0, le=1.0,
-        description="Share of the estimated veil removed (He et al.: 0.95). Tuning crops: ω 0.5 → +3.2 dB on haze "
-        "and 22–30 dB on wrongly flagged clean crops; 0.65 → +4.8 and 19–26; 0.95 → +6.0 and 13–18.",
+        description="Share of the estimated veil removed (He et al.: 0.95). Tuning crops, gated (python -m "
+        "benchmarks.haze_tradeoff): ω 0.5 → +3.2 dB over all hazy crops, wrongly flagged clean crops keep 22–30 dB; "
+        "0.6 → +4.3 and 20–28; 0.95 → +6.0 and 13–18.",
     )
     dehaze_patch: float = Field(
         1 / 8, gt=0.0, le=1.0,

@@ -175,3 +175,22 @@ def test_baselines_do_what_they_are_for() -> None:
     noisy = DEGRADATIONS["noise25"](x, rng)
     assert abs(estimate_sigma(noisy) - 25 / 255) < 5 / 255
     assert psnr(BASELINES["bm3d"](noisy)) > psnr(noisy) + 2
+
+
+def test_haze_tradeoff_reports_gate_and_strength(tmp_path: Path) -> None:
+    """The haze trade-off script on a fake data root (2 images to haze, 3 clean): every table is written."""
+    from benchmarks import haze_tradeoff
+
+    root = tmp_path / "data"
+    for folder, n in (("cbsd68_even", 2), ("bsds500_clean/train", 3)):
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            _clean(48, seed=10 * n + i).save(root / folder / f"im{i}.png")
+    out = tmp_path / "haze"
+    assert haze_tradeoff.main(["--data-root", str(root), "--size", "48", "--hazy", "2", "--clean", "3",
+                               "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert {g["omega"] for g in data["gated"]} == set(haze_tradeoff.OMEGAS)
+    assert all(0.0 <= g["clean_flagged"] <= 1.0 for g in data["best_gates"].values())
+    assert len(data["strengths"]) == len(haze_tradeoff.OMEGAS) * len(haze_tradeoff.PATCH_SHARES)
+    assert "default gate" in (out / "summary.md").read_text()
