@@ -46,7 +46,7 @@ def crop(name: str) -> Image.Image:
 
 
 @pytest.mark.parametrize(("name", "kind"), [("kodim05", "noise25"), ("kodim23", "noise25"),
-                                            ("kodim05", "lowlight+noise")])
+                                            ("kodim05", "lowlight+noise"), ("kodim05", "haze")])
 def test_default_preset_restores_blind(restorer, name, kind):
     clean = crop(name)
     degraded, _ = degrade(clean, kind, name)
