@@ -6,6 +6,7 @@ Pillow does the decoding and resizing; tensors inside the library are (1, 3, H, 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+
+EXIF_ORIENTATION_TAG = 0x0112
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""Single-channel modes deeper than 8 bits (16-bit PNG/TIFF grey, 32-bit int, float)."""
 
 MIN_CANVAS_SIDE = 32
 """Tiny inputs are padded up to this: the patch discriminator (three stride-2 convs) needs ≥ 8 px and the
@@ -39,15 +44,38 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(f"{p}: not a readable image ({exc})") from None
 
 
+EXIF_ERRORS = (SyntaxError, ValueError, TypeError, KeyError, IndexError, OSError, struct.error)
+"""What Pillow raises on a malformed EXIF block (it parses it as a TIFF)."""
+
+
+def exif_orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation tag (1–8) or None; ImageError when the EXIF block is malformed."""
+    try:
+        return img.getexif().get(EXIF_ORIENTATION_TAG)
+    except EXIF_ERRORS as exc:
+        raise ImageError(f"the image's EXIF block is malformed ({exc})") from None
+
+
 def upright(img: Image.Image) -> Image.Image:
     """Apply the EXIF orientation (phone photos store pixels sideways): results come back as people see them."""
+    exif_orientation(img)  # a malformed block is the file's fault: a clear ImageError, not a crash below
     return ImageOps.exif_transpose(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode → RGB (alpha composited on white, palette expanded); rejects empty images."""
+    """Any mode → RGB (alpha composited on white, palette expanded, 16-bit and float grey scaled to 8 bits);
+    rejects empty images."""
     if img.width == 0 or img.height == 0:
         raise ImageError("image has zero width or height")
+    if img.mode in WIDE_GREY_MODES:
+        # Pillow's convert() clips these to 0–255 (a 16-bit PNG turns white): scale the full range instead
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            full = 1.0 if arr.max() <= 1.0 else 255.0  # float data in [0, 1] or on the 8-bit scale
+        else:
+            full = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        grey = np.clip(np.round(arr / full * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))

@@ -18,6 +18,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from restorer.errors import ImageError
+from restorer.images import exif_orientation
+
 from .settings import Settings
 
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -265,7 +268,6 @@ async def read_upload(request: Request, settings: Settings) -> Upload:
     return Upload(collector.filename, bytes(collector.image), collector.kind, collector.fields)
 
 
-EXIF_ORIENTATION = 0x0112
 EXIF_QUARTER_TURNS = (5, 6, 7, 8)
 """EXIF orientations that rotate by 90°: the upright image has width and height swapped."""
 
@@ -303,6 +305,10 @@ def inspect_image(data: bytes, kind: Kind, max_pixels: int) -> tuple[int, int]:
             raise UploadRejected(
                 422, "unreadable", f"the {kind.upper()} file is truncated or corrupt: {exc}"
             ) from None
-        if img.getexif().get(EXIF_ORIENTATION) in EXIF_QUARTER_TURNS:  # the worker restores it upright
+        try:
+            orientation = exif_orientation(img)
+        except ImageError as exc:
+            raise UploadRejected(422, "unreadable", f"the {kind.upper()} file cannot be read: {exc}") from None
+        if orientation in EXIF_QUARTER_TURNS:  # the worker restores it upright
             width, height = height, width
     return width, height

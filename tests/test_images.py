@@ -1,8 +1,11 @@
+import io
+
+import numpy as np
 import pytest
 from PIL import Image
 
 from restorer import ImageError
-from restorer.images import finish, load_image, plan_geometry, prepare, to_rgb
+from restorer.images import finish, load_image, plan_geometry, prepare, to_rgb, upright
 
 
 def test_geometry_pads_to_multiple_and_downscales_large_inputs():
@@ -47,3 +50,26 @@ def test_load_image_errors_are_one_line(tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ImageError):
         load_image(truncated)
+
+
+@pytest.mark.parametrize("bits", ["I;16", "I", "F"])
+def test_deep_grey_images_are_scaled_not_clipped(bits):
+    """A 16-bit (or float) grey ramp becomes the same ramp in 8 bits, not a white sheet (Pillow clips)."""
+    ramp = np.linspace(0.0, 1.0, 64 * 16).reshape(16, 64)
+    if bits == "F":
+        img = Image.fromarray(ramp.astype(np.float32), "F")
+    else:
+        img = Image.fromarray((ramp * 65535).astype(np.uint16 if bits == "I;16" else np.int32))
+        assert img.mode == bits
+    out = np.asarray(to_rgb(img), dtype=np.float64) / 255
+    assert out.shape == (16, 64, 3)
+    assert np.abs(out[..., 0] - ramp).max() < 1 / 255 + 1e-9
+
+
+def test_a_malformed_exif_block_is_an_image_error():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PNG", exif=b"not a TIFF header" * 3)
+    with Image.open(io.BytesIO(buf.getvalue())) as img:
+        img.load()
+        with pytest.raises(ImageError, match="EXIF block is malformed"):
+            upright(img)

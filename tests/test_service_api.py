@@ -156,17 +156,24 @@ def _big_but_small_file() -> bytes:
     return out.getvalue()
 
 
+def _png_with_broken_exif() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(out, format="PNG", exif=b"not a TIFF header" * 3)
+    return out.getvalue()
+
+
 @pytest.mark.parametrize(
     ("payload", "words"),
     [
         (_truncated_png(), "truncated"),
+        (_png_with_broken_exif(), "EXIF block is malformed"),
         (b"", "empty"),
         (png_with_header(0, 16), "cannot be read"),  # zero-size: PIL refuses a 0-wide IHDR
         (png_with_header(100_000, 100_000), "pixels"),  # header claims 10^10 pixels: never decoded
         (_big_but_small_file(), "pixels"),
         (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "cannot be read"),
     ],
-    ids=["truncated", "zero-bytes", "zero-width", "header-bomb", "over-pixel-cap", "garbage-after-magic"],
+    ids=["truncated", "broken-exif", "zero-bytes", "zero-width", "header-bomb", "over-pixel-cap", "garbage-after-magic"],
 )
 def test_unreadable_or_oversized_images_are_422(api, redis_client, payload, words):
     started = time.monotonic()
