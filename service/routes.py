@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from enum import Enum
 from typing import Any
 
@@ -102,9 +103,18 @@ async def restore(
         preset = params.preset or settings.preset
         overrides = params.overrides()
         try:
-            resolve_config(preset, overrides)
+            cfg = resolve_config(preset, overrides)
         except ConfigError as exc:
             raise UploadRejected(422, "bad_params", str(exc)) from None
+        rounds = cfg.max_rounds if cfg.dqr == "on" else 1
+        checkpoints = rounds * math.ceil(cfg.steps / cfg.checkpoint_every)
+        if checkpoints > settings.max_checkpoints_per_job:
+            raise UploadRejected(
+                422, "bad_params",
+                f"this job would write up to {checkpoints} checkpoints ({rounds} round(s) × {cfg.steps} steps / "
+                f"checkpoint_every {cfg.checkpoint_every}); the limit is {settings.max_checkpoints_per_job}: "
+                "raise checkpoint_every or lower steps / max_rounds",
+            )
         width, height = await run_in_threadpool(inspect_image, upload.data, upload.kind, settings.max_pixels)
     except UploadRejected as exc:
         state.metrics.upload_rejected.labels(reason=exc.reason).inc()

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
         ge=64 * 64,
         description="16.8 MP decompression-bomb cap (checked from the header); the sampler downscales anyway.",
     )
+    max_checkpoints_per_job: int = Field(
+        200, ge=1,
+        description="A job writes a checkpoint (score + preview) every Δ steps in every DQR round: refuse (422) a "
+        "job whose rounds × steps/Δ exceeds this, so one request cannot fill Redis with previews (the paper "
+        "preset needs 30).",
+    )
     max_queue_depth: int = Field(
         100, ge=1, description="Beyond ~100 waiting jobs the wait is hours on one GPU: refuse (429) instead."
     )

@@ -73,3 +73,21 @@ def test_a_malformed_exif_block_is_an_image_error():
         img.load()
         with pytest.raises(ImageError, match="EXIF block is malformed"):
             upright(img)
+
+
+def test_cmyk_palette_alpha_grey_alpha_and_animated_inputs():
+    """Every mode a user may send becomes RGB; transparency goes on white; an animation gives its first frame."""
+    assert np.asarray(to_rgb(Image.new("CMYK", (4, 4), (0, 255, 255, 0)))).tolist()[0][0] == [255, 0, 0]
+    pa = Image.new("P", (4, 4))
+    pa.putpalette([0, 0, 255] * 256)
+    pa.info["transparency"] = 0  # index 0 is transparent: on white
+    assert np.asarray(to_rgb(pa)).tolist()[0][0] == [255, 255, 255]
+    assert np.asarray(to_rgb(Image.new("LA", (4, 4), (0, 255)))).tolist()[0][0] == [0, 0, 0]
+    assert np.asarray(to_rgb(Image.new("LA", (4, 4), (0, 0)))).tolist()[0][0] == [255, 255, 255]
+    buf = io.BytesIO()
+    frames = [Image.new("RGB", (6, 4), c) for c in ((200, 0, 0), (0, 200, 0))]
+    frames[0].save(buf, format="PNG", save_all=True, append_images=frames[1:])
+    with Image.open(io.BytesIO(buf.getvalue())) as anim:
+        assert getattr(anim, "n_frames", 1) == 2
+        anim.load()
+        assert np.asarray(to_rgb(anim)).tolist()[0][0] == [200, 0, 0]

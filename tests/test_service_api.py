@@ -228,6 +228,7 @@ def test_oversized_bodies_are_refused_while_streaming(api, redis_client):
         ({"webhook": "not a url"}, "webhook"),
         ({"dqr": "maybe"}, "dqr"),
         ({"max_rounds": "0"}, "max_rounds"),
+        ({"steps": "1000", "checkpoint_every": "1", "max_rounds": "10", "dqr": "on"}, "10000 checkpoints"),
     ],
 )
 def test_bad_parameters_are_422_with_a_readable_message(api, redis_client, fields, words):
