@@ -234,7 +234,10 @@ def test_sigterm_lets_the_running_job_finish_then_exits(stack):
     job = stack.client.submit(image_bytes((32, 32), seed=4), steps=24, checkpoint_every=12, dqr="off", seed=4)
     _wait_running(stack, job["id"])
     stack.worker.signal(signal.SIGTERM)
+    # a job that could join the running batch (same canvas) after shutdown began is left for another worker
+    late = stack.client.submit(image_bytes((32, 32), seed=5), steps=24, checkpoint_every=12, dqr="off", seed=5)
     assert stack.client.wait(job["id"], timeout=JOB_TIMEOUT_S)["status"] == "succeeded"
+    assert stack.status(late["id"])["status"] == "queued"
     assert stack.worker.wait(timeout=30) == 0
     wait_for(lambda: httpx.get(f"{stack.api}/readyz").status_code == 503, timeout=10,
              what="readiness to drop with the last worker")

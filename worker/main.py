@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     store = JobStore(settings)
     runtime = tasks.Runtime(restorer, store, settings, metrics, worker_id)
     tasks.install(runtime)
-    stop_event = threading.Event()
+    stop_event = runtime.stopping  # SIGTERM sets it: the work loop ends and running batches admit no one
     heartbeat = Heartbeat(store, settings, worker_id, info)
     heartbeat.start()
     reaper = Reaper(store, settings, owner=worker_id,

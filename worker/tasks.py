@@ -46,6 +46,7 @@ class Runtime:
     metrics: WorkerMetrics
     worker_id: str
     shutdown_cancel: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM: claim nothing more
     budget: MemoryBudget | None = None  # made on first use, for the restorer's device
 
 
@@ -142,7 +143,7 @@ def memory_budget(rt: Runtime) -> MemoryBudget:
 def _admit(rt: Runtime, batch: Any, budget: MemoryBudget, members: dict[int, "JobAttempt"]) -> None:
     """Claim queued jobs whose canvas matches the batch's (they share its UNet calls) while room and memory last."""
     room = rt.settings.max_batch - batch.active
-    if room <= 0 or not members:
+    if room <= 0 or not members or rt.stopping.is_set():  # a stopping worker finishes what it has, takes no more
         return
     canvas = next(iter(members.values())).canvas
     in_use = sum(m.pixels for m in members.values())
