@@ -17,6 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 from prometheus_client import disable_created_metrics
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from restorer.config import resolve_config
@@ -93,6 +94,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.upload_rejected.labels(reason="unavailable").inc()
         return JSONResponse(
             {"detail": "the job store (Redis) is unreachable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(settings.unavailable_retry_after_s)},
+        )
+
+    @app.exception_handler(RedisOutOfMemoryError)
+    async def redis_full(request: Request, exc: Exception) -> JSONResponse:
+        log.error("Redis is out of memory on %s %s: %s", request.method, request.url.path, exc)
+        if request.url.path == "/restore":
+            metrics.upload_rejected.labels(reason="store_full").inc()
+        return JSONResponse(
+            {"detail": "the job store (Redis) is full; retry later, when finished jobs have expired"},
             status_code=503,
             headers={"Retry-After": str(settings.unavailable_retry_after_s)},
         )

@@ -51,3 +51,21 @@ def test_redis_outage_is_503_with_retry_after_then_recovers(spawn, tiny_ldm_dir)
         assert client.wait(job["id"], timeout=JOB_TIMEOUT_S)["status"] == "succeeded"
         wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, timeout=10, what="readiness")
     assert api_proc.alive() and worker.alive()  # nobody was restarted
+
+
+def test_a_full_redis_is_503_with_retry_after_not_500(spawn):
+    """Redis at its maxmemory with noeviction refuses writes (OOM): the API says so with 503 + Retry-After."""
+    import redis
+
+    redis_proc, port = spawn.redis_server()
+    _, api = spawn.api(redis_url=f"redis://127.0.0.1:{port}/0", unavailable_retry_after_s=RETRY_AFTER,
+                       redis_timeout_s=1)
+    r = redis.Redis(port=port)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)  # below what Redis already uses: every write is refused
+    resp = httpx.post(f"{api}/restore", files={"image": ("a.png", image_bytes(), "image/png")}, timeout=15)
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["Retry-After"] == str(RETRY_AFTER) and "full" in resp.json()["detail"]
+    r.config_set("maxmemory", 0)  # room again: the same request is accepted
+    ok = httpx.post(f"{api}/restore", files={"image": ("a.png", image_bytes(), "image/png")}, timeout=15)
+    assert ok.status_code == 202, ok.text
