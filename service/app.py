@@ -88,25 +88,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
-    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
-        if request.url.path == "/restore":
-            metrics.upload_rejected.labels(reason="unavailable").inc()
-        return JSONResponse(
-            {"detail": "the job store (Redis) is unreachable; retry shortly"},
-            status_code=503,
-            headers={"Retry-After": str(settings.unavailable_retry_after_s)},
-        )
-
     @app.exception_handler(RedisOutOfMemoryError)
-    async def redis_full(request: Request, exc: Exception) -> JSONResponse:
-        log.error("Redis is out of memory on %s %s: %s", request.method, request.url.path, exc)
+    async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        """Redis down, slow or full (OOM under noeviction): the job store cannot take this now; say when to retry."""
+        full = isinstance(exc, RedisOutOfMemoryError)
+        log.log(logging.ERROR if full else logging.WARNING, "Redis %s on %s %s: %s",
+                "out of memory" if full else "unavailable", request.method, request.url.path, exc)
         if request.url.path == "/restore":
-            metrics.upload_rejected.labels(reason="store_full").inc()
+            metrics.upload_rejected.labels(reason="store_full" if full else "unavailable").inc()
+        detail = ("the job store (Redis) is full; retry later, when finished jobs have expired" if full
+                  else "the job store (Redis) is unreachable; retry shortly")
         return JSONResponse(
-            {"detail": "the job store (Redis) is full; retry later, when finished jobs have expired"},
-            status_code=503,
-            headers={"Retry-After": str(settings.unavailable_retry_after_s)},
+            {"detail": detail}, status_code=503, headers={"Retry-After": str(settings.unavailable_retry_after_s)}
         )
 
     @app.exception_handler(RequestValidationError)
