@@ -24,7 +24,7 @@ import torch
 
 from restorer.config import RestoreConfig
 from restorer.degradations import degrade, to_array
-from restorer.haze import haze_stats
+from restorer.haze import HazeStats, haze_stats
 from restorer.images import centre_crop
 
 from .baselines import dark_channel_prior
@@ -42,10 +42,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1 / max(float(np.mean((a - b) ** 2)), 1e-10)))
 
 
-def gate_stats(x: np.ndarray) -> tuple[float, float]:
+def gate_stats(x: np.ndarray) -> HazeStats:
     """(median dark channel, median saturation), exactly as the restorer's gate computes them."""
-    st = haze_stats(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].float(), GATE_PATCH_SHARE)
-    return st.dark, st.saturation
+    return haze_stats(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].float(), GATE_PATCH_SHARE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         c = centre_crop(Image.open(f), args.size)
         hazy.append((to_array(degrade(c, "haze", f.stem)[0]), to_array(c)))
 
-    cs = np.array([gate_stats(x) for x in clean])
-    hs = np.array([gate_stats(x) for x, _ in hazy])
+    clean_stats = [gate_stats(x) for x in clean]
+    hazy_stats = [gate_stats(x) for x, _ in hazy]
+    cs = np.array([(st.dark, st.saturation) for st in clean_stats])
+    hs = np.array([(st.dark, st.saturation) for st in hazy_stats])
     gates = []
     for dark_min in np.arange(0.1, 0.7, 0.02):
         for sat_max in np.arange(0.05, 0.6, 0.02):
@@ -88,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = RestoreConfig()
     gate = (cfg.dehaze_gate_dark, cfg.dehaze_gate_saturation)
-    flag_c = [(cs_i[0] > gate[0]) and (cs_i[1] < gate[1]) for cs_i in cs]
-    flag_h = [(hs_i[0] > gate[0]) and (hs_i[1] < gate[1]) for hs_i in hs]
+    flag_c = [st.hazy(*gate) for st in clean_stats]
+    flag_h = [st.hazy(*gate) for st in hazy_stats]
     gated = []
     for omega in OMEGAS:
         gain = [psnr(dark_channel_prior(x, omega, cfg.dehaze_patch), c) - psnr(x, c) if f else 0.0

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .losses import dark_channel
+
 SATURATION_EPS = 1e-3
 """Keeps (max − min)/max finite on black pixels."""
 AIRLIGHT_FLOOR = 1e-3
@@ -29,11 +31,6 @@ AIRLIGHT_FLOOR = 1e-3
 def _odd_side(x: torch.Tensor, share: float) -> int:
     """A window side (odd, ≥ 3) as a share of the image's shorter side: the same meaning at any size."""
     return max(3, round(min(x.shape[-2:]) * share) | 1)
-
-
-def dark_channel(x: torch.Tensor, side: int) -> torch.Tensor:
-    """min over colour channels, then over a side×side window: (N, 1, H, W)."""
-    return -F.max_pool2d(-x.amin(dim=1, keepdim=True), side, stride=1, padding=side // 2)
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def centre_crop(img: Image.Image, size: int) -> Image.Image:
     """The centre `size`² square (RGB); an image shorter than `size` is first scaled up (bicubic) to cover it."""
-    img = img.convert("RGB")
+    img = to_rgb(img)
     w, h = img.size
     if min(w, h) < size:
         s = size / min(w, h)

@@ -75,7 +75,7 @@ class Restorer:
         image = images.upright(image)
         geom = self.canvas(image.size, cfg)
         x_lq = images.prepare(image, geom).to(self.prior.device)
-        gamma, black, x_in = 1.0, 0.0, x_lq
+        gamma = 1.0
         if cfg.tone == "curve" and float(x_lq.mean()) < cfg.exposure_gate:
             # clipped sensor noise lifts the blacks by ~σ/√(2π): take that floor off before the curve
             black = min(cfg.tone_black * float(noise_sigma(x_lq).mean()), float(x_lq.mean()) / 2)
@@ -86,11 +86,9 @@ class Restorer:
                                                                                       cfg.dehaze_gate_saturation):
             x_lq, transmission = haze.dehaze(x_lq, cfg.dehaze_omega, cfg.dehaze_patch, cfg.dehaze_refine,
                                              cfg.dehaze_t_min, cfg.dehaze_top_share)
-            if gamma == 1.0:
-                x_in = x_lq  # the detail step's input domain is the dehazed one: φ learns to map x̂0 onto it
         guidance = DegradationGuidance(self.prior, x_lq, cfg, perceptual)
         run = SamplerRun(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
-        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, x_in, gamma, black, transmission)
+        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, gamma, transmission)
 
     def canvas(self, size: tuple[int, int], config: RestoreConfig) -> images.Geometry:
         """Where an image of `size` is sampled: jobs with the same padded canvas can share a batch."""
@@ -162,9 +160,7 @@ class PreparedRestore:
     judge: str
     cfg: RestoreConfig
     start: float
-    x_in: torch.Tensor  # the input on the padded canvas, before the exposure curve (after dehazing, if any)
     tone_gamma: float = 1.0  # the exposure curve x ↦ ((x − b)/(1 − b))^γ applied before sampling (1: none)
-    tone_black: float = 0.0  # its black level b
     dehaze_transmission: float | None = None  # mean t of the dehaze step before sampling (None: not flagged)
 
     def result(self) -> RestoreResult:
@@ -194,19 +190,15 @@ class PreparedRestore:
         """The chosen x̂0 (cropped, CPU), with what the autoencoder lost given back (restorer/detail.py)."""
         if self.cfg.detail == "off" or self.guidance.tone_on or self.tone_gamma != 1.0:
             # where φ darkens, r lives in the dark domain and its tone mismatch, mapped back through φ's small
-            # slope, was amplified: measured on 2 low-light tuning crops 10.28 → 4.34 dB. Kept for tone-off only.
+            # slope, was amplified: measured on 2 low-light tuning crops 10.28 → 4.34 dB. After an exposure curve
+            # it gives back the amplified shadow noise (restorer/tone.py). Kept for well-exposed inputs only.
             return estimate
         with torch.no_grad():
             predicted = self.guidance.degrade(estimate.to(self.guidance.x_lq.device)).cpu()
-        # The shrinkage runs in the input's own domain, where its noise is (near) stationary and measured;
-        # after an exposure curve that means undoing the curve first and applying it again after.
-        g, b = self.tone_gamma, self.tone_black
-        x_in = self.geom.crop(self.x_in).cpu()
-        if g == 1.0:
-            return restore_detail(estimate, x_in, predicted, self.cfg.detail_window)
-        out = restore_detail(tone.undo_exposure(estimate, g, b), x_in, tone.undo_exposure(predicted, g, b),
-                             self.cfg.detail_window)
-        return tone.correct_exposure(out, g, b)
+        # No curve was applied here, so the sampler's target x_lq (dehazed, if the gate flagged the input) is the
+        # domain φ maps x̂0 into and where the shrinkage measures the residual's noise.
+        x_lq = self.geom.crop(self.guidance.x_lq).cpu()
+        return restore_detail(estimate, x_lq, predicted, self.cfg.detail_window)
 
 
 @dataclass

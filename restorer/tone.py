@@ -6,8 +6,9 @@ curvature by its square, so a dark input pulls the sampler weakly and the prior 
 + noise on kodim05: +1.3 dB, structure lost). An under-exposed input is therefore first brought to a
 well-exposed level by the one-parameter curve x ↦ x^γ (the exposure model the benchmark's low light uses,
 and what an auto-gamma tool does), chosen blind from the image: mean(x^γ) = E. The sampler then restores what
-the curve cannot (noise, haze, lost detail) as for any well-exposed photo, with φ near the identity and the
-final pixel-space step on.
+the curve cannot (noise, haze, lost detail) as for any well-exposed photo, with φ near the identity. The final
+pixel-space step stays off after a curve: it gave back the curve-amplified shadow noise (2 low-light tuning
+crops: 12.92 / 11.99 dB with it, 18.78 / 18.76 without).
 """
 
 from __future__ import annotations
@@ -40,7 +41,3 @@ def correct_exposure(x: torch.Tensor, gamma: float, black: float = 0.0) -> torch
     before the curve, which would otherwise lift it into a grey veil."""
     return ((x - black) / (1 - black)).clamp(0, 1).pow(gamma)
 
-
-def undo_exposure(x: torch.Tensor, gamma: float, black: float = 0.0) -> torch.Tensor:
-    """The inverse of `correct_exposure` on [0, 1]."""
-    return x.clamp(0, 1).pow(1 / gamma) * (1 - black) + black
