@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(steps_run=res.steps_run, rounds=res.rounds, early_exit=res.early_exit,
                            seconds=round(time.perf_counter() - t0, 3), final_score=res.final_score,
                            terms=res.terms, judge=res.judge, config=res.config, tone_gamma=res.tone_gamma,
-                           dehaze_transmission=res.dehaze_transmission)
+                           tone_white=res.tone_white, dehaze_transmission=res.dehaze_transmission)
                 if clean is not None:  # DQR's pick vs the last and the best checkpoint in hindsight (raw x̂0)
                     ck = [psnr_of(c.estimate, clean) for c in res.checkpoints]
                     row.update(checkpoint_psnr=ck, psnr_pick=ck[res.chosen_checkpoint], psnr_last=ck[-1],

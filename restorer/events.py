@@ -85,7 +85,8 @@ class RestoreResult:
     sampled_size: tuple[int, int]
     peak_memory_bytes: int | None = None
     chosen_checkpoint: int | None = None  # index in `checkpoints` of the estimate returned
-    tone_gamma: float = 1.0  # exposure curve x ↦ x^γ applied before sampling (1: none; restorer/tone.py)
+    tone_gamma: float = 1.0  # exposure curve x ↦ ((x − b)/(w − b))^γ before sampling: γ (restorer/tone.py) ...
+    tone_white: float | None = None  # ... and w (None: not under-exposed, no denoising or curve ran)
     dehaze_transmission: float | None = None  # mean transmission of the dehaze step (None: not flagged; restorer/haze.py)
 
     def report(self) -> dict[str, Any]:
@@ -102,6 +103,7 @@ class RestoreResult:
             "peak_memory_bytes": self.peak_memory_bytes,
             "chosen_checkpoint": self.chosen_checkpoint,
             "tone_gamma": round(self.tone_gamma, 4),
+            "tone_white": None if self.tone_white is None else round(self.tone_white, 4),
             "dehaze_transmission": None if self.dehaze_transmission is None else round(self.dehaze_transmission, 4),
             "config": self.config,
             "checkpoints": [c.to_dict() for c in self.checkpoints],

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import haze, images, tone
+from . import denoise, haze, images, tone
 from .config import RestoreConfig, resolve_config
 from .errors import ConfigError
 from .events import RestoreResult
@@ -75,12 +75,16 @@ class Restorer:
         image = images.upright(image)
         geom = self.canvas(image.size, cfg)
         x_lq = images.prepare(image, geom).to(self.prior.device)
-        gamma = 1.0
+        gamma, white = 1.0, None
         if cfg.tone == "curve" and float(x_lq.mean()) < cfg.exposure_gate:
             # clipped sensor noise lifts the blacks by ~σ/√(2π): take that floor off before the curve
             black = min(cfg.tone_black * float(noise_sigma(x_lq).mean()), float(x_lq.mean()) / 2)
-            gamma = tone.exposure_gamma(tone.correct_exposure(x_lq, 1.0, black), cfg.exposure_level, cfg.tone_gamma_min)
-            x_lq = tone.correct_exposure(x_lq, gamma, black)
+            if cfg.dark_denoise == "wavelet":  # before the curve, whose slope would amplify the noise
+                x_lq = denoise.shrink_noise(x_lq, cfg.dark_denoise_shifts)
+            white = tone.white_level(x_lq, cfg.tone_white_percentile, black, cfg.exposure_level)
+            gamma = tone.exposure_gamma(tone.correct_exposure(x_lq, 1.0, black, white), cfg.exposure_level,
+                                        cfg.tone_gamma_min)
+            x_lq = tone.correct_exposure(x_lq, gamma, black, white)
         transmission = None
         if cfg.dehaze == "auto" and haze.haze_stats(x_lq, cfg.dehaze_gate_patch).hazy(cfg.dehaze_gate_dark,
                                                                                       cfg.dehaze_gate_saturation):
@@ -88,7 +92,7 @@ class Restorer:
                                              cfg.dehaze_t_min, cfg.dehaze_top_share)
         guidance = DegradationGuidance(self.prior, x_lq, cfg, perceptual)
         run = SamplerRun(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
-        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, gamma, transmission)
+        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, gamma, white, transmission)
 
     def canvas(self, size: tuple[int, int], config: RestoreConfig) -> images.Geometry:
         """Where an image of `size` is sampled: jobs with the same padded canvas can share a batch."""
@@ -160,7 +164,8 @@ class PreparedRestore:
     judge: str
     cfg: RestoreConfig
     start: float
-    tone_gamma: float = 1.0  # the exposure curve x ↦ ((x − b)/(1 − b))^γ applied before sampling (1: none)
+    tone_gamma: float = 1.0  # the exposure curve x ↦ ((x − b)/(w − b))^γ applied before sampling: its γ ...
+    tone_white: float | None = None  # ... and its white level w (None: the input was not under-exposed, no curve)
     dehaze_transmission: float | None = None  # mean t of the dehaze step before sampling (None: not flagged)
 
     def result(self) -> RestoreResult:
@@ -182,13 +187,14 @@ class PreparedRestore:
             peak_memory_bytes=peak_memory(self.run.prior.device),
             chosen_checkpoint=next(i for i, c in enumerate(out.checkpoints) if c is out.chosen),
             tone_gamma=self.tone_gamma,
+            tone_white=self.tone_white,
             dehaze_transmission=self.dehaze_transmission,
         )
 
 
     def final_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
         """The chosen x̂0 (cropped, CPU), with what the autoencoder lost given back (restorer/detail.py)."""
-        if self.cfg.detail == "off" or self.guidance.tone_on or self.tone_gamma != 1.0:
+        if self.cfg.detail == "off" or self.guidance.tone_on or self.tone_white is not None:
             # where φ darkens, r lives in the dark domain and its tone mismatch, mapped back through φ's small
             # slope, was amplified: measured on 2 low-light tuning crops 10.28 → 4.34 dB. After an exposure curve
             # it gives back the amplified shadow noise (restorer/tone.py). Kept for well-exposed inputs only.

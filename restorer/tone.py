@@ -4,9 +4,12 @@ The paper leaves darkening to φ (learned online) and Q's exposure term. Measure
 barely works with a short schedule: φ's darkening gain shrinks the guidance gradient by itself and its
 curvature by its square, so a dark input pulls the sampler weakly and the prior invents the scene (low light
 + noise on kodim05: +1.3 dB, structure lost). An under-exposed input is therefore first brought to a
-well-exposed level by the one-parameter curve x ↦ x^γ (the exposure model the benchmark's low light uses,
-and what an auto-gamma tool does), chosen blind from the image: mean(x^γ) = E. The sampler then restores what
-the curve cannot (noise, haze, lost detail) as for any well-exposed photo, with φ near the identity. The final
+well-exposed level, chosen blind from the image, by x ↦ ((x − b)/(w − b))^γ: the black level b that clipped
+noise lifts is taken off, the white level w (a high percentile) is stretched to 1, which undoes the
+darkening's gain, and γ then sets mean = E, which undoes its curvature (the benchmark's low light is
+y = k·x^g; a power curve alone had to bend to x^0.1 and washed colours out). The noise is removed before
+this curve, whose slope would amplify it (restorer/denoise.py). The sampler then restores what the curve cannot
+(residual noise, haze, lost detail) as for any well-exposed photo, with φ near the identity. The final
 pixel-space step stays off after a curve: it gave back the curve-amplified shadow noise (2 low-light tuning
 crops: 12.92 / 11.99 dB with it, 18.78 / 18.76 without).
 """
@@ -17,6 +20,8 @@ import math
 
 import torch
 
+WHITE_FLOOR = 1e-3
+"""Keeps the stretch finite on an all-black image."""
 GAMMA_BISECTION_STEPS = 40
 """Bisection on log γ over [log γ_min, 0]: 40 halvings leave ~1e-12 of the bracket."""
 
@@ -36,8 +41,20 @@ def exposure_gamma(x: torch.Tensor, level: float, gamma_min: float) -> float:
     return math.exp((lo + hi) / 2)
 
 
-def correct_exposure(x: torch.Tensor, gamma: float, black: float = 0.0) -> torch.Tensor:
-    """x ↦ ((x − b)/(1 − b))^γ: the black level b (the floor sensor noise lifts a dark image to) is taken off
-    before the curve, which would otherwise lift it into a grey veil."""
-    return ((x - black) / (1 - black)).clamp(0, 1).pow(gamma)
+def white_level(x: torch.Tensor, percentile: float, black: float, level: float) -> float:
+    """The brightness that `percentile` % of pixels (their brightest channel) stay below: the image's white.
+
+    Never so low that the stretch alone lifts the mean above `level`: a dark picture with nothing bright in it (a
+    night scene, a flat grey) is brightened to the level, not to white.
+    """
+    white = 1.0 if percentile >= 100 else float(torch.quantile(x.detach().amax(dim=1).flatten().float(), percentile / 100))
+    return min(1.0, max(white, black + (float(x.mean()) - black) / level))
+
+
+def correct_exposure(x: torch.Tensor, gamma: float, black: float = 0.0, white: float = 1.0) -> torch.Tensor:
+    """x ↦ ((x − b)/(w − b))^γ: the black level b (the floor sensor noise lifts a dark image to) is taken off
+    before the curve, which would otherwise lift it into a grey veil; the white level w is stretched to 1 first,
+    so the gain of the darkening is undone by a gain and γ has only its curvature left to undo (a power curve
+    alone must bend hard, x^0.1, to brighten, and that washes colours out: per-channel ratios go as r^γ)."""
+    return ((x - black) / max(white - black, WHITE_FLOOR)).clamp(0, 1).pow(gamma)
 
