@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from scipy.ndimage import minimum_filter, uniform_filter
 
-from restorer.detail import noise_sigma
+from restorer.denoise import noise_sigma
 
 Array = np.ndarray
 

@@ -1,4 +1,5 @@
-"""Dark-input denoising: the sensor-noise part of an under-exposed input, taken out before the exposure curve.
+"""Noise: its blind estimate, and its wavelet shrinkage — used on an under-exposed input before the exposure curve
+(here) and on the final residual (restorer/detail.py).
 
 The exposure curve x ↦ x^γ (restorer/tone.py) multiplies noise by its slope γ·x^(γ−1), which is largest in
 the shadows (≈ 4× at x = 0.02 for γ = 0.35), so a dark input reaches the sampler with heavy, signal-dependent
@@ -19,23 +20,39 @@ import numpy as np
 import torch
 from skimage.restoration import cycle_spin, denoise_wavelet
 
-from .detail import noise_sigma
+MAD_TO_SIGMA = 0.6745
+"""Median absolute deviation of a standard normal: MAD/0.6745 estimates σ."""
 
 SIGMA_FLOOR = 1e-3
 """σ never below 8-bit quantisation's (1/255/√12 ≈ 1.1e-3): a noiseless channel's MAD estimate is 0, and BayesShrink
 divides by it (NaN on a smooth or crushed-black image); at the floor a clean image comes back as itself."""
 
 
+def noise_sigma(x: torch.Tensor) -> torch.Tensor:
+    """Per-image, per-channel noise σ of (B, C, H, W) in [0, 1] from finest Haar diagonal coefficients."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    if h == 0 or w == 0:  # a 1-pixel-wide image has no 2×2 block: nothing to tell noise from detail by
+        return x.new_zeros(x.shape[:2])
+    v = x[..., :h, :w]
+    hh = (v[..., 0::2, 0::2] - v[..., 0::2, 1::2] - v[..., 1::2, 0::2] + v[..., 1::2, 1::2]) / 2
+    return hh.abs().flatten(2).median(dim=-1).values / MAD_TO_SIGMA
+
+
+def wavelet_shrink(x: torch.Tensor, sigma: torch.Tensor, max_shifts: int) -> torch.Tensor:
+    """Wavelet BayesShrink of (B, 3, H, W), any range (a signed residual too), with the given per-image, per-RGB-
+    channel noise σ (B, 3) (carried into YCbCr by scikit-image), averaged over (max_shifts + 1)² circular shifts
+    (cycle spinning: the Haar basis's block edges average out); same shape, dtype and device, not clipped."""
+    out = []
+    for img, sig in zip(x.detach().double().cpu().numpy(), sigma.clamp_min(SIGMA_FLOOR).tolist()):
+        def bayes_shrink(arr: np.ndarray, sig: list[float] = sig) -> np.ndarray:
+            return denoise_wavelet(arr, sigma=sig, method="BayesShrink", mode="soft", channel_axis=-1,
+                                   convert2ycbcr=True, rescale_sigma=True)
+
+        arr = img.transpose(1, 2, 0)
+        out.append(cycle_spin(arr, bayes_shrink, max_shifts=max_shifts, channel_axis=-1, workers=1).transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(out)).to(x.device, x.dtype)
+
+
 def shrink_noise(x: torch.Tensor, max_shifts: int) -> torch.Tensor:
-    """Wavelet BayesShrink of (1, 3, H, W) in [0, 1] with σ estimated blindly per RGB channel (detail.noise_sigma,
-    carried into YCbCr by scikit-image), averaged over (max_shifts + 1)² circular shifts (cycle spinning: the Haar
-    basis's block edges average out); same shape, dtype and device."""
-    sigma = noise_sigma(x)[0].clamp_min(SIGMA_FLOOR).tolist()
-
-    def bayes_shrink(arr: np.ndarray) -> np.ndarray:
-        return denoise_wavelet(arr, sigma=sigma, method="BayesShrink", mode="soft", channel_axis=-1,
-                               convert2ycbcr=True, rescale_sigma=True)
-
-    arr = x[0].detach().permute(1, 2, 0).double().cpu().numpy()
-    out = cycle_spin(arr, bayes_shrink, max_shifts=max_shifts, channel_axis=-1, workers=1)
-    return torch.from_numpy(np.clip(out, 0, 1).transpose(2, 0, 1).copy())[None].to(x.device, x.dtype)
+    """The dark-input step: `wavelet_shrink` of (B, 3, H, W) in [0, 1] at its own blind σ (`noise_sigma`)."""
+    return wavelet_shrink(x, noise_sigma(x), max_shifts).clamp(0, 1)

@@ -17,7 +17,8 @@ from . import denoise, haze, images, tone
 from .config import RestoreConfig, resolve_config
 from .errors import ConfigError
 from .events import RestoreResult
-from .detail import noise_sigma, restore_detail
+from .denoise import noise_sigma
+from .detail import restore_detail, restore_detail_wavelet
 from .guidance import DegradationGuidance
 from .judge import QualityJudge, load_judge
 from .losses import PerceptualLoss, load_perceptual
@@ -194,17 +195,21 @@ class PreparedRestore:
 
     def final_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
         """The chosen x̂0 (cropped, CPU), with what the autoencoder lost given back (restorer/detail.py)."""
-        if self.cfg.detail == "off" or self.guidance.tone_on or self.tone_white is not None:
+        if self.cfg.detail == "off" or self.guidance.tone_on:
             # where φ darkens, r lives in the dark domain and its tone mismatch, mapped back through φ's small
-            # slope, was amplified: measured on 2 low-light tuning crops 10.28 → 4.34 dB. After an exposure curve
-            # it gives back the amplified shadow noise (restorer/tone.py). Kept for well-exposed inputs only.
+            # slope, was amplified: measured on 2 low-light tuning crops 10.28 → 4.34 dB. Kept where φ is near
+            # the identity: every input under `tone=curve`.
             return estimate
         with torch.no_grad():
             predicted = self.guidance.degrade(estimate.to(self.guidance.x_lq.device)).cpu()
-        # No curve was applied here, so the sampler's target x_lq (dehazed, if the gate flagged the input) is the
-        # domain φ maps x̂0 into and where the shrinkage measures the residual's noise.
+        # The sampler's target x_lq (denoised and curved if dark, dehazed if the gate flagged it) is the domain φ maps
+        # x̂0 into and where the shrinkage measures the residual's noise. Since dark inputs are denoised before
+        # the curve, the step no longer gives back curve-amplified noise there: 6 dark tuning crops, low light
+        # 20.41 → 22.08 dB, low light + noise 18.75 → 19.25, SSIM +0.05 to +0.08.
         x_lq = self.geom.crop(self.guidance.x_lq).cpu()
-        return restore_detail(estimate, x_lq, predicted, self.cfg.detail_window)
+        if self.cfg.detail == "wiener":
+            return restore_detail(estimate, x_lq, predicted, self.cfg.detail_window)
+        return restore_detail_wavelet(estimate, x_lq, predicted, self.cfg.detail_shifts)
 
 
 @dataclass

@@ -126,11 +126,11 @@ def test_detail_step_gives_back_what_the_estimate_lacks(prior, piqe):
     img = random_image(16, 16, seed=4)
     x = np.asarray(img, dtype=np.float32)
     dist = {}
-    for detail in ("off", "wiener"):
+    for detail in ("off", "wiener", "wavelet"):
         cfg = resolve_config("fast", {**FAST, "dqr": "off", "detail": detail})
         out = np.asarray(restorer_with(prior, piqe).restore(img, cfg).image, dtype=np.float32)
         dist[detail] = float(((out - x) ** 2).mean())
-    assert dist["wiener"] < dist["off"]
+    assert dist["wiener"] < dist["off"] and dist["wavelet"] < dist["off"]
 
 
 def test_rgba_and_greyscale_inputs(prior, piqe):
