@@ -81,7 +81,7 @@ class Restorer:
             # clipped sensor noise lifts the blacks by ~σ/√(2π): take that floor off before the curve
             black = min(cfg.tone_black * float(noise_sigma(x_lq).mean()), float(x_lq.mean()) / 2)
             if cfg.dark_denoise == "wavelet":  # before the curve, whose slope would amplify the noise
-                x_lq = denoise.shrink_noise(x_lq, cfg.dark_denoise_shifts)
+                x_lq = denoise.shrink_noise(x_lq, cfg.dark_denoise_shifts, cfg.dark_denoise_wavelet)
             white = tone.white_level(x_lq, cfg.tone_white_percentile, black, cfg.exposure_level)
             gamma = tone.exposure_gamma(tone.correct_exposure(x_lq, 1.0, black, white), cfg.exposure_level,
                                         cfg.tone_gamma_min)
