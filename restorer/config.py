@@ -77,7 +77,8 @@ class RestoreConfig(BaseModel):
         0.2, ge=0.0,
         description="Black level taken off before the curve, in units of the blindly estimated noise σ: Gaussian "
         "noise clipped at 0 lifts black to ≈ σ/√(2π) ≈ 0.4σ, which the curve would turn into a grey veil. 0.2 "
-        "after denoising and the white stretch (32 dark tuning crops: 0.0/0.2/0.4/0.6 → 18.75/18.85/18.55/17.81 dB).",
+        "after denoising and the white stretch (32 dark tuning crops, `benchmarks.dark_targets`: 0.4 → 18.06, 0.2 → "
+        "18.41 dB).",
     )
     dark_denoise: Literal["wavelet", "off"] = Field(
         "wavelet",
@@ -93,15 +94,16 @@ class RestoreConfig(BaseModel):
     dark_denoise_wavelet: Literal["db1", "sym4"] = Field(
         "sym4",
         description="The dark-input denoiser's wavelet (PyWavelets name; db1 is Haar), at the same depth either way. "
-        "32 dark tuning crops, target before sampling, PSNR / SSIM: Haar with 16 shifts 18.71 / 0.567, with 64 "
-        "shifts 18.77 / 0.574 (4× the time), sym4 with 4 shifts 18.70 / 0.559 at 35 ms — and in the pictures Haar "
-        "left a staircase of 8–16-px blocks on the darkest inputs that the final detail step gave back; sym4 none.",
+        "32 dark tuning crops, target before sampling (`python -m benchmarks.dark_targets`), PSNR / SSIM: Haar with "
+        "16 shifts 18.46 / 0.566, sym4 with 4 shifts 18.41 / 0.560 at a quarter of the passes — and in the pictures "
+        "Haar left a staircase of 8–16-px blocks on the darkest inputs that the final detail step gave back; sym4 none.",
     )
     tone_white_percentile: float = Field(
         99.9, gt=50.0, le=100.0,
         description="Before the curve, the (denoised) input's white — this percentile of its brightest channel — "
         "is stretched to 1 (100: no stretch). Undoing the darkening's gain by a gain leaves γ a mild curvature: "
-        "+2.3 dB on 32 dark tuning crops, colours no longer washed out by a γ near 0.1.",
+        "+2.5 dB on 32 dark tuning crops (target before sampling, `benchmarks.dark_targets`: 15.88 → 18.41 dB), "
+        "colours no longer washed out by a γ near 0.1.",
     )
     tone_gamma_min: float = Field(
         0.1, gt=0.0, le=1.0, description="Strongest brightening the curve may apply (x^0.1)."

@@ -76,24 +76,11 @@ class Restorer:
         image = images.upright(image)
         geom = self.canvas(image.size, cfg)
         x_lq = images.prepare(image, geom).to(self.prior.device)
-        gamma, white = 1.0, None
-        if cfg.tone == "curve" and float(x_lq.mean()) < cfg.exposure_gate:
-            # clipped sensor noise lifts the blacks by ~σ/√(2π): take that floor off before the curve
-            black = min(cfg.tone_black * float(noise_sigma(x_lq).mean()), float(x_lq.mean()) / 2)
-            if cfg.dark_denoise == "wavelet":  # before the curve, whose slope would amplify the noise
-                x_lq = denoise.shrink_noise(x_lq, cfg.dark_denoise_shifts, cfg.dark_denoise_wavelet)
-            white = tone.white_level(x_lq, cfg.tone_white_percentile, black, cfg.exposure_level)
-            gamma = tone.exposure_gamma(tone.correct_exposure(x_lq, 1.0, black, white), cfg.exposure_level,
-                                        cfg.tone_gamma_min)
-            x_lq = tone.correct_exposure(x_lq, gamma, black, white)
-        transmission = None
-        if cfg.dehaze == "auto" and haze.haze_stats(x_lq, cfg.dehaze_gate_patch).hazy(cfg.dehaze_gate_dark,
-                                                                                      cfg.dehaze_gate_saturation):
-            x_lq, transmission = haze.dehaze(x_lq, cfg.dehaze_omega, cfg.dehaze_patch, cfg.dehaze_refine,
-                                             cfg.dehaze_t_min, cfg.dehaze_top_share)
-        guidance = DegradationGuidance(self.prior, x_lq, cfg, perceptual)
+        pre = correct_before_sampling(x_lq, cfg)
+        guidance = DegradationGuidance(self.prior, pre.image, cfg, perceptual)
         run = SamplerRun(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
-        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, gamma, white, transmission)
+        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, pre.tone_gamma, pre.tone_white,
+                               pre.dehaze_transmission)
 
     def canvas(self, size: tuple[int, int], config: RestoreConfig) -> images.Geometry:
         """Where an image of `size` is sampled: jobs with the same padded canvas can share a batch."""
@@ -143,6 +130,36 @@ class Restorer:
                 batch.add(slot.run)
         batch.run_until_done()
         return [Outcome.of(s) if isinstance(s, PreparedRestore) else s for s in slots]
+
+
+@dataclass(frozen=True)
+class Corrected:
+    """The sampler's target after the gated corrections, and what each did (for the result's report)."""
+
+    image: torch.Tensor
+    tone_gamma: float = 1.0
+    tone_white: float | None = None  # None: not under-exposed, neither denoising nor the curve ran
+    dehaze_transmission: float | None = None  # None: the haze gate did not flag the input
+
+
+def correct_before_sampling(x_lq: torch.Tensor, cfg: RestoreConfig) -> Corrected:
+    """Undo what a global or smooth correction can, each step gated by the input's own statistics (a well-exposed,
+    clear photo passes untouched): under-exposed → denoise, then the exposure curve; hazy → dark-channel dehaze."""
+    gamma, white, transmission = 1.0, None, None
+    if cfg.tone == "curve" and float(x_lq.mean()) < cfg.exposure_gate:
+        # clipped sensor noise lifts the blacks by ~σ/√(2π): take that floor off before the curve
+        black = min(cfg.tone_black * float(noise_sigma(x_lq).mean()), float(x_lq.mean()) / 2)
+        if cfg.dark_denoise == "wavelet":  # before the curve, whose slope would amplify the noise
+            x_lq = denoise.shrink_noise(x_lq, cfg.dark_denoise_shifts, cfg.dark_denoise_wavelet)
+        white = tone.white_level(x_lq, cfg.tone_white_percentile, black, cfg.exposure_level)
+        gamma = tone.exposure_gamma(tone.correct_exposure(x_lq, 1.0, black, white), cfg.exposure_level,
+                                    cfg.tone_gamma_min)
+        x_lq = tone.correct_exposure(x_lq, gamma, black, white)
+    if cfg.dehaze == "auto" and haze.haze_stats(x_lq, cfg.dehaze_gate_patch).hazy(cfg.dehaze_gate_dark,
+                                                                                  cfg.dehaze_gate_saturation):
+        x_lq, transmission = haze.dehaze(x_lq, cfg.dehaze_omega, cfg.dehaze_patch, cfg.dehaze_refine,
+                                         cfg.dehaze_t_min, cfg.dehaze_top_share)
+    return Corrected(x_lq, gamma, white, transmission)
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -194,3 +194,21 @@ def test_haze_tradeoff_reports_gate_and_strength(tmp_path: Path) -> None:
     assert all(0.0 <= g["clean_flagged"] <= 1.0 for g in data["best_gates"].values())
     assert len(data["strengths"]) == len(haze_tradeoff.OMEGAS) * len(haze_tradeoff.PATCH_SHARES)
     assert "default gate" in (out / "summary.md").read_text()
+
+
+def test_dark_targets_scores_every_variant(tmp_path: Path) -> None:
+    """The dark-target study on a fake data root: a row per variant, and denoising beats the raw curve on noise."""
+    from benchmarks import dark_targets
+
+    root = tmp_path / "data"
+    for folder in ("cbsd68_even", "bsds500_clean/test"):
+        (root / folder).mkdir(parents=True)
+        for i in range(2):
+            _clean(64, seed=20 + i).save(root / folder / f"im{i}.png")
+    out = tmp_path / "dark"
+    assert dark_targets.main(["--data-root", str(root), "--size", "64", "--images", "2",
+                              "--variants", "default dark_denoise=off", "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
+    assert set(rows) == {"default", "dark_denoise=off"}
+    assert rows["default"]["lowlight+noise"]["psnr"] > rows["dark_denoise=off"]["lowlight+noise"]["psnr"]
+    assert "`dark_denoise=off`" in (out / "summary.md").read_text()
