@@ -212,17 +212,18 @@ class PreparedRestore:
 
     def final_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
         """The chosen x̂0 (cropped, CPU), with what the autoencoder lost given back (restorer/detail.py)."""
-        if self.cfg.detail == "off" or self.guidance.tone_on:
+        if self.cfg.detail == "off" or self.guidance.tone_on or self.tone_white is not None:
             # where φ darkens, r lives in the dark domain and its tone mismatch, mapped back through φ's small
-            # slope, was amplified: measured on 2 low-light tuning crops 10.28 → 4.34 dB. Kept where φ is near
-            # the identity: every input under `tone=curve`.
+            # slope, was amplified: measured on 2 low-light tuning crops 10.28 → 4.34 dB. After the exposure curve
+            # the target's leftover noise is amplified most in the shadows, where one blind σ cannot tell it from
+            # detail: turned on there, the step raised the means (6 dark tuning crops, low light 20.41 → 22.08 dB)
+            # but gave the noise back as colour speckle on some photos (kodim05 low light 16.26 → 15.83 dB, in the
+            # picture a speckled field). Kept for inputs that no curve touched.
             return estimate
         with torch.no_grad():
             predicted = self.guidance.degrade(estimate.to(self.guidance.x_lq.device)).cpu()
-        # The sampler's target x_lq (denoised and curved if dark, dehazed if the gate flagged it) is the domain φ maps
-        # x̂0 into and where the shrinkage measures the residual's noise. Since dark inputs are denoised before
-        # the curve, the step no longer gives back curve-amplified noise there: 6 dark tuning crops, low light
-        # 20.41 → 22.08 dB, low light + noise 18.75 → 19.25, SSIM +0.05 to +0.08.
+        # The sampler's target x_lq (dehazed, if the gate flagged the input) is the domain φ maps x̂0 into and where
+        # the shrinkage measures the residual's noise.
         x_lq = self.geom.crop(self.guidance.x_lq).cpu()
         if self.cfg.detail == "wiener":
             return restore_detail(estimate, x_lq, predicted, self.cfg.detail_window)

@@ -9,9 +9,9 @@ noise lifts is taken off, the white level w (a high percentile) is stretched to 
 darkening's gain, and γ then sets mean = E, which undoes its curvature (the benchmark's low light is
 y = k·x^g; a power curve alone had to bend to x^0.1 and washed colours out). The noise is removed before
 this curve, whose slope would amplify it (restorer/denoise.py). The sampler then restores what the curve cannot
-(residual noise, haze, lost detail) as for any well-exposed photo, with φ near the identity, and the final
-pixel-space step gives back the curved target's detail (before denoising came first it gave back the
-curve-amplified shadow noise and had to stay off).
+(residual noise, haze, lost detail) as for any well-exposed photo, with φ near the identity. The final
+pixel-space step stays off after a curve: it gives back the target's leftover noise, which the curve amplified
+most in the shadows (kodim05 low light: a speckled field), even though it raised the dark families' means.
 """
 
 from __future__ import annotations
