@@ -69,8 +69,9 @@ class RestoreConfig(BaseModel):
     lambda_adv: float = Field(0.01, ge=0.0, description="Adversarial weight λ4.")
     tone: Literal["curve", "learned"] = Field(
         "curve",
-        description="curve: an under-exposed input (mean below `exposure_gate`) is first mapped by x ↦ x^γ with "
-        "mean(x^γ) = E (restorer/tone.py), then sampled as a well-exposed one. learned: the paper's way — φ's tone "
+        description="curve: an under-exposed input (mean below `exposure_gate`) is first denoised (`dark_denoise`) "
+        "and mapped by x ↦ ((x − b)/(w − b))^γ with mean = E (restorer/tone.py), then sampled as a well-exposed one. "
+        "learned: the paper's way — φ's tone "
         "part learns the darkening while Q's exposure term brightens x̂0; measured to invent the scene (README).",
     )
     tone_black: float = Field(

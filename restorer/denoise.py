@@ -1,7 +1,7 @@
 """Noise: its blind estimate, and its wavelet shrinkage — used on an under-exposed input before the exposure curve
 (here) and on the final residual (restorer/detail.py).
 
-The exposure curve x ↦ x^γ (restorer/tone.py) multiplies noise by its slope γ·x^(γ−1), which is largest in
+The exposure curve x ↦ ((x − b)/(w − b))^γ (restorer/tone.py) multiplies noise by its slope γ·x^(γ−1), which is largest in
 the shadows (≈ 4× at x = 0.02 for γ = 0.35), so a dark input reaches the sampler with heavy, signal-dependent
 noise that the guidance then asks x̂0 to match; the prior turns it into invented texture (kodim05 low light +
 haze + noise: a grey textured field, the scene lost). Before the curve the noise is still near-stationary,
