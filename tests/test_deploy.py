@@ -527,7 +527,10 @@ def test_docker_compose_config(files, tmp_path):
     args = [*cmd, "--project-directory", str(ROOT)]
     for f in files:
         args += ["-f", str(f)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPZIR_", "COMPOSE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPZIR_", "COMPOSE_", "GRAFANA_"))}
+    proc = run([*args, "config", "-q"], env=env)
+    assert proc.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in proc.stderr  # no default admin password
+    env["GRAFANA_ADMIN_PASSWORD"] = "not-the-default"
     proc = run([*args, "config", "-q"], env=env)
     assert proc.returncode == 0, proc.stderr
     proc = run([*args, "config"], env=env)
@@ -681,6 +684,17 @@ def test_compose_prometheus_scrapes_api_and_worker(compose):
             targets |= {(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in sc["targets"]}
         assert targets == {(service, port)}, f"{job_name} scrapes {targets}"
         assert service in compose["services"]
+
+
+def test_compose_monitoring_is_not_open(compose):
+    """Prometheus (no auth) and Grafana publish on loopback only; no lifecycle API; no default admin password."""
+    prom, grafana = compose["services"]["prometheus"], compose["services"]["grafana"]
+    assert "--web.enable-lifecycle" not in prom["command"]
+    for service in (prom, grafana):
+        assert all(str(p).startswith("127.0.0.1:") for p in service["ports"]), service["ports"]
+    password = grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?"), "the admin password must have no default"
+    assert "GRAFANA_ADMIN_PASSWORD=" in (ROOT / ".env.example").read_text()
 
 
 def test_compose_grafana_provisioning(compose):
