@@ -27,7 +27,7 @@ from restorer.images import centre_crop
 from restorer.pipeline import correct_before_sampling
 
 from .common import command_line, header_md, machine, parse_set, write_json
-from .quality import DEFAULT_DATA_ROOT, list_images
+from .quality import DEFAULT_DATA_ROOT, list_images, to_tensor
 
 DARK_FAMILIES = ("lowlight", "lowlight+noise", "lowlight+haze+noise")
 VARIANTS = (
@@ -42,7 +42,7 @@ VARIANTS = (
 
 def score(variant: str, crops: list[tuple[str, torch.Tensor, np.ndarray]]) -> dict[str, tuple[float, float]]:
     """Mean PSNR / SSIM of the corrected target per family for one set of overrides."""
-    cfg = resolve_config(None, {} if variant == "default" else parse_set(variant.replace(";", ",")))
+    cfg = resolve_config(None, {} if variant == "default" else parse_set(variant))
     per: dict[str, list[tuple[float, float]]] = {}
     for family, x, clean in crops:
         out = correct_before_sampling(x, cfg).image[0].permute(1, 2, 0).double().numpy()
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--images", type=int, default=16, help="first N images of each tuning set")
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--variants", default=",".join(VARIANTS).replace(",", " "),
+    p.add_argument("--variants", default=" ".join(VARIANTS),
                    help="space-separated override sets (k=v;k=v), or 'default'")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in files:
         for family in DARK_FAMILIES:
             lq, clean = degrade(centre_crop(Image.open(f), args.size), family, f.stem)
-            x = torch.from_numpy(to_array(lq).transpose(2, 0, 1).copy())[None].float()
-            crops.append((family, x, to_array(clean)))
+            crops.append((family, to_tensor(lq), to_array(clean)))
 
     rows: list[dict[str, Any]] = []
     for variant in args.variants.split():

@@ -13,10 +13,10 @@ absolute finest-scale Haar diagonal coefficient / 0.6745, Donoho's estimator), a
   estimate exceeds σ² by chance often enough to let noise through.
 
 A clean input (σ ≈ 0) comes back as itself; pure noise is removed. It is applied where φ is near the identity
-(φ's tone part gated off) and no exposure curve ran (it amplified the target's leftover noise in the shadows,
-which one blind σ cannot tell from detail: kodim05 low light came back speckled); where φ darkens, r lives in the dark domain and mapping
-it back through φ's small slope amplified its tone mismatch (2 low-light tuning crops: 10.28 → 4.34 dB), so
-the sampled estimate is returned as is.
+(φ's tone part gated off) and no exposure curve ran. The curve amplified the target's leftover noise in the
+shadows, which one blind σ cannot tell from detail (kodim05 low light came back speckled). Where φ darkens, r
+lives in the dark domain and mapping it back through φ's small slope amplified its tone mismatch (2 low-light
+tuning crops: 10.28 → 4.34 dB). In both cases the sampled estimate is returned as is.
 """
 
 from __future__ import annotations

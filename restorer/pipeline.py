@@ -79,8 +79,7 @@ class Restorer:
         pre = correct_before_sampling(x_lq, cfg)
         guidance = DegradationGuidance(self.prior, pre.image, cfg, perceptual)
         run = SamplerRun(self.prior, guidance, judge, cfg, geom.crop, on_step, on_checkpoint, should_cancel)
-        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, pre.tone_gamma, pre.tone_white,
-                               pre.dehaze_transmission)
+        return PreparedRestore(run, geom, guidance, judge.name, cfg, start, pre)
 
     def canvas(self, size: tuple[int, int], config: RestoreConfig) -> images.Geometry:
         """Where an image of `size` is sampled: jobs with the same padded canvas can share a batch."""
@@ -137,9 +136,9 @@ class Corrected:
     """The sampler's target after the gated corrections, and what each did (for the result's report)."""
 
     image: torch.Tensor
-    tone_gamma: float = 1.0
-    tone_white: float | None = None  # None: not under-exposed, neither denoising nor the curve ran
-    dehaze_transmission: float | None = None  # None: the haze gate did not flag the input
+    tone_gamma: float = 1.0  # the exposure curve x ↦ ((x − b)/(w − b))^γ: its γ ...
+    tone_white: float | None = None  # ... and its white w (None: not under-exposed, neither denoising nor curve ran)
+    dehaze_transmission: float | None = None  # mean t of the dehaze step (None: the haze gate did not flag the input)
 
 
 def correct_before_sampling(x_lq: torch.Tensor, cfg: RestoreConfig) -> Corrected:
@@ -182,9 +181,7 @@ class PreparedRestore:
     judge: str
     cfg: RestoreConfig
     start: float
-    tone_gamma: float = 1.0  # the exposure curve x ↦ ((x − b)/(w − b))^γ applied before sampling: its γ ...
-    tone_white: float | None = None  # ... and its white level w (None: the input was not under-exposed, no curve)
-    dehaze_transmission: float | None = None  # mean t of the dehaze step before sampling (None: not flagged)
+    corrected: Corrected  # what the gated corrections before sampling did (its image is guidance.x_lq)
 
     def result(self) -> RestoreResult:
         """The finished job's result; raises what ended the run otherwise (RestoreCanceled, an error)."""
@@ -204,15 +201,15 @@ class PreparedRestore:
             sampled_size=self.geom.sampled_size,
             peak_memory_bytes=peak_memory(self.run.prior.device),
             chosen_checkpoint=next(i for i, c in enumerate(out.checkpoints) if c is out.chosen),
-            tone_gamma=self.tone_gamma,
-            tone_white=self.tone_white,
-            dehaze_transmission=self.dehaze_transmission,
+            tone_gamma=self.corrected.tone_gamma,
+            tone_white=self.corrected.tone_white,
+            dehaze_transmission=self.corrected.dehaze_transmission,
         )
 
 
     def final_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
         """The chosen x̂0 (cropped, CPU), with what the autoencoder lost given back (restorer/detail.py)."""
-        if self.cfg.detail == "off" or self.guidance.tone_on or self.tone_white is not None:
+        if self.cfg.detail == "off" or self.guidance.tone_on or self.corrected.tone_white is not None:
             # where φ darkens, r lives in the dark domain and its tone mismatch, mapped back through φ's small
             # slope, was amplified: measured on 2 low-light tuning crops 10.28 → 4.34 dB. After the exposure curve
             # the target's leftover noise is amplified most in the shadows, where one blind σ cannot tell it from
