@@ -38,21 +38,24 @@ mkdir -p out
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
+# /readyz is the API pod's readiness (Redis answers); whether a worker has its model loaded is its
+# `accepting_work` field
+worker_ready() { curl -fsS "http://127.0.0.1:${port}/readyz" 2>/dev/null | grep -q '"accepting_work":true'; }
 
 echo "== worker (model ${UPZIR_MODEL:-default}) → out/worker.log"
 $PY -m restorer.cli worker >out/worker.log 2>&1 & pids+=($!)
 echo "== api on http://127.0.0.1:${port}/ → out/api.log"
 UPZIR_PORT=$port $PY -m restorer.cli serve >out/api.log 2>&1 & pids+=($!)
 
-echo "== waiting for a worker with its model loaded (/readyz)"
+echo "== waiting for a worker with its model loaded (/readyz: accepting_work)"
 for _ in $(seq 600); do
   for p in "${pids[@]}"; do
     if ! kill -0 "$p" 2>/dev/null; then echo "run.sh: a process exited; last log lines:" >&2; tail -n 5 out/worker.log out/api.log >&2; exit 1; fi
   done
-  curl -fsS "http://127.0.0.1:${port}/readyz" >/dev/null 2>&1 && break
+  worker_ready && break
   sleep 1
 done
-curl -fsS "http://127.0.0.1:${port}/readyz" >/dev/null || { echo "run.sh: not ready after 10 min" >&2; exit 1; }
+worker_ready || { echo "run.sh: no worker ready after 10 min" >&2; exit 1; }
 echo "ready: web page http://127.0.0.1:${port}/ · API docs http://127.0.0.1:${port}/docs · metrics /metrics"
 
 if [ -n "$demo" ]; then

@@ -46,6 +46,16 @@ AE_CEILING = "ae"
 """The prior's autoencoder applied to the *clean* crop: what a pure latent method can reach at best."""
 
 
+def direction_arrow(metric: str) -> str:
+    """↓ or ↑ as pyiqa records the metric's direction (its `lower_better` fact), never retyped here."""
+    from pyiqa.default_model_configs import DEFAULT_CONFIGS
+
+    facts = DEFAULT_CONFIGS.get(metric)
+    if facts is None:
+        return ""
+    return "↓" if facts.get("lower_better") else "↑"
+
+
 def method_config(method: str) -> tuple[str | None, dict[str, str]] | None:
     """Method spec → (preset, overrides); None for `input`, `ae` and the baselines (no sampler)."""
     if method in ("input", AE_CEILING) or method in BASELINES:
@@ -211,8 +221,7 @@ def summarise(rows: list[dict[str, Any]], methods: list[str], degradations: list
             table.append(entry)
     summary = {"machine": info, "command": cmd, **meta, "metrics": metric_names, "table": table}
 
-    arrows = {"psnr": "↑", "ssim": "↑", "lpips": "↓", "piqe": "↓", "niqe": "↓"}
-    cols = [f"{m.upper()} {arrows.get(m, '')}".strip() for m in metric_names]
+    cols = [f"{m.upper()} {direction_arrow(m)}".strip() for m in metric_names]
     md = [header_md("Quality benchmark", info, cmd)]
     for k, v in meta.items():
         md.append(f"- {k}: {v}")

@@ -1,1 +1,2 @@
-"""HTTP front of the restoration service: FastAPI app, upload policy, job store, SSE, metrics, client."""
+"""HTTP front of the restoration service: FastAPI app, auth, upload policy, SSE, metrics, client (HTTP only;
+the job system it shares with the workers lives in `jobs/`)."""

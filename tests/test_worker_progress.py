@@ -11,8 +11,8 @@ from PIL import Image
 
 from conftest import image_bytes
 from restorer.events import Checkpoint, Decision
-from service.jobs import JobStore
-from service.settings import Settings
+from jobs.store import JobStore
+from jobs.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.progress import ProgressWriter, preview_png
 
@@ -27,7 +27,7 @@ def test_preview_keeps_aspect_and_caps_the_longest_side():
 
 def test_checkpoints_become_progress_events_previews_and_metrics(redis_client, redis_url):
     store = JobStore(Settings(redis_url=redis_url))
-    job_id = store.submit(image=image_bytes(), filename=None, width=40, height=32, params={})[0]["id"]
+    job_id = store.submit(image=image_bytes(), filename=None, width=40, height=32, params={})[0].id
     store.start(job_id, 1, "w")
     metrics = WorkerMetrics()
     writer = ProgressWriter(store, job_id, 1, metrics, store.settings)
@@ -36,8 +36,8 @@ def test_checkpoints_become_progress_events_previews_and_metrics(redis_client, r
                     decision=Decision.REFINE, elapsed_s=0.1, estimate=torch.rand(1, 3, 32, 40))
     writer.on_checkpoint(cp)
     job = store.get(job_id)
-    assert job["progress"]["step"] == 2 and job["progress"]["last_score"] == 0.4
-    [entry] = job["progress"]["checkpoints"]
+    assert job.progress.step == 2 and job.progress.last_score == 0.4
+    [entry] = job.progress.checkpoints
     assert entry["decision"] == "refine" and entry["preview_url"] == f"/jobs/{job_id}/checkpoints/0/preview"
     assert Image.open(io.BytesIO(store.preview(job_id, 0))).size == (40, 32)
     last = store.redis.xrange(store.keys.events(job_id))[-1][1]

@@ -1,4 +1,5 @@
-"""The reaper against real Redis: jobs of workers whose heartbeat key expired are failed or re-queued.
+"""The reaper against real Redis: jobs nobody holds any more (dead worker, lost final write, a ticket taken
+by a worker that died before starting it) are failed or re-queued within `worker_lost_bound_s`.
 
 A worker here is only its heartbeat key; the end-to-end test with a SIGKILLed worker process lives in
 test_worker_lifecycle.py.
@@ -11,9 +12,9 @@ import time
 import pytest
 
 from conftest import image_bytes, wait_for
-from service.jobs import JobStore
-from service.settings import Settings
-from worker.reaper import Reaper, reap
+from jobs.store import JobStore
+from jobs.settings import Settings
+from jobs.reaper import Reaper, reap
 
 
 def make(redis_url: str, **overrides) -> tuple[JobStore, Settings]:
@@ -23,24 +24,24 @@ def make(redis_url: str, **overrides) -> tuple[JobStore, Settings]:
 
 
 def new_job(store: JobStore) -> str:
-    return store.submit(image=image_bytes(), filename="a.png", width=40, height=32, params={})[0]["id"]
+    return store.submit(image=image_bytes(), filename="a.png", width=40, height=32, params={})[0].id
 
 
 def test_live_worker_keeps_its_job_dead_worker_loses_it(redis_client, redis_url):
     store, settings = make(redis_url)
     job_id = new_job(store)
-    store.heartbeat_worker("w1", {})
+    store.workers.heartbeat("w1", {}, [job_id])
     assert store.start(job_id, 1, "w1")
     assert reap(store, settings) == []
     notified = []
-    reaped = wait_for(lambda: reap(store, settings, notify=lambda job, url: notified.append(job)),
+    reaped = wait_for(lambda: reap(store, settings, notify=notified.append),
                       timeout=5, what="the heartbeat key to expire")
     assert [(r.job_id, r.action) for r in reaped] == [(job_id, "failed")]
     job = store.get(job_id)
-    assert job["status"] == "failed" and "w1" in job["error"] and "heartbeats" in job["error"]
-    assert notified and notified[0]["status"] == "failed"
+    assert job.status == "failed" and "w1" in job.error and "heartbeats" in job.error
+    assert notified and notified[0].status == "failed"
     assert not store.processing_ids()
-    assert store.ready_workers() == []
+    assert store.workers.ready() == []
 
 
 def test_requeue_mode_retries_then_gives_up(redis_client, redis_url):
@@ -50,33 +51,90 @@ def test_requeue_mode_retries_then_gives_up(redis_client, redis_url):
     [first] = reap(store, settings)
     assert first.action == "requeued"
     job = store.get(job_id)
-    assert job["status"] == "queued" and job["queue_position"] == 0 and "re-queued" in job["error"]
+    assert job.status == "queued" and job.queue_position == 0 and "re-queued" in job.error
     assert store.start(job_id, 2, "ghost-2")
     [second] = reap(store, settings)
     assert second.action == "failed"
-    assert "after 2 attempts" in store.get(job_id)["error"]
+    assert "after 2 attempts" in store.get(job_id).error
 
 
 def test_overdue_job_of_a_live_worker_fails(redis_client, redis_url):
     store, settings = make(redis_url, job_timeout_s=1)
     job_id = new_job(store)
-    store.heartbeat_worker("wedged", {})
+    store.workers.heartbeat("wedged", {}, [job_id])
     store.start(job_id, 1, "wedged")
     assert reap(store, settings, now=time.time() + 60) != []
-    assert "UPZIR_JOB_TIMEOUT_S" in store.get(job_id)["error"]
+    assert "UPZIR_JOB_TIMEOUT_S" in store.get(job_id).error
 
 
 def test_reaper_thread_meets_the_bound(redis_client, redis_url):
     store, settings = make(redis_url)
     job_id = new_job(store)
-    store.heartbeat_worker("w2", {})
+    store.workers.heartbeat("w2", {}, [job_id])
     store.start(job_id, 1, "w2")
     died = time.monotonic()  # last heartbeat: now
     reaper = Reaper(store, settings, owner="test")
     reaper.start()
     try:
-        wait_for(lambda: store.get(job_id)["status"] == "failed", timeout=settings.worker_lost_bound_s + 2,
+        wait_for(lambda: store.get(job_id).status == "failed", timeout=settings.worker_lost_bound_s + 2,
                  what="the reaper to fail the job")
     finally:
         reaper.stop(timeout=2)
     assert time.monotonic() - died <= settings.worker_lost_bound_s + 1.0
+
+
+def test_a_live_worker_that_no_longer_lists_its_job_lost_it(redis_client, redis_url):
+    """A final write that never landed: the worker is alive, but the job left its heartbeat's list."""
+    store, settings = make(redis_url)
+    job_id = new_job(store)
+    store.workers.heartbeat("w3", {}, [job_id])
+    store.start(job_id, 1, "w3")
+    assert reap(store, settings) == []  # listed: running
+    store.workers.heartbeat("w3", {}, [])  # the worker gave up storing the outcome
+    assert reap(store, settings) == []  # just started: the next heartbeat may not list it yet
+    [lost] = reap(store, settings, now=time.time() + settings.worker_lost_after_s)
+    assert lost.action == "failed"
+    assert "no longer running this job" in store.get(job_id).error
+
+
+def test_a_ticket_taken_by_a_worker_that_died_before_starting_is_requeued(redis_client, redis_url):
+    """RQ moved the ticket out of the queue, the worker died before `start`: the job is queued but unheld."""
+    store, settings = make(redis_url, max_attempts=2)
+    job_id = new_job(store)
+    assert reap(store, settings) == []  # in the queue: fine
+    store.redis.lpop(store.queue.key)  # what a worker's BLMOVE does, just before it is SIGKILLed
+    t0 = time.time()
+    assert reap(store, settings, now=t0) == []  # first seen unheld: grace starts
+    [requeued] = reap(store, settings, now=t0 + settings.worker_lost_after_s)
+    assert requeued.action == "requeued" and "no worker started it" in requeued.reason
+    job = store.get(job_id)
+    assert job.status == "queued" and job.queue_position == 0
+    store.redis.lpop(store.queue.key)  # the second worker dies the same way
+    reap(store, settings, now=t0)
+    [failed] = reap(store, settings, now=t0 + settings.worker_lost_after_s)
+    assert failed.action == "failed" and store.get(job_id).status == "failed"
+    assert "after 2 attempts" in store.get(job_id).error
+
+
+def test_a_ticket_in_a_live_workers_hands_is_left_alone(redis_client, redis_url):
+    store, settings = make(redis_url)
+    job_id = new_job(store)
+    store.redis.lpop(store.queue.key)
+    store.workers.heartbeat("w4", {}, [job_id])  # it is about to start it
+    assert reap(store, settings, now=time.time() + 60 * settings.worker_lost_after_s) == []
+    assert store.get(job_id).status == "queued"
+
+
+def test_orphaned_queued_job_is_recovered_within_the_bound(redis_client, redis_url):
+    store, settings = make(redis_url)
+    job_id = new_job(store)
+    store.redis.lpop(store.queue.key)
+    taken = time.monotonic()
+    reaper = Reaper(store, settings, owner="test")
+    reaper.start()
+    try:
+        wait_for(lambda: store.get(job_id).queue_position == 0, timeout=settings.worker_lost_bound_s + 2,
+                 what="the reaper to re-queue the orphan")
+    finally:
+        reaper.stop(timeout=2)
+    assert time.monotonic() - taken <= settings.worker_lost_bound_s + 1.0

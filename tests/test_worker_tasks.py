@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import image_bytes
-from service.jobs import JobStore
-from service.settings import Settings
+from jobs.queue import rq_id
+from jobs.store import JobStore
+from jobs.settings import Settings
 from worker import tasks
 from worker.metrics import WorkerMetrics
 
@@ -35,7 +36,7 @@ def runtime(restorer, redis_client, redis_url):
 
 def submit(rt: tasks.Runtime, params: dict, size=(64, 64)) -> str:
     return rt.store.submit(image=image_bytes(size), filename=None, width=size[0], height=size[1],
-                           params={"preset": "fast", **params})[0]["id"]
+                           params={"preset": "fast", **params})[0].id
 
 
 def outcome(rt: tasks.Runtime, outcome: str) -> float:
@@ -48,8 +49,8 @@ def test_job_timeout_fails_with_an_actionable_message(runtime):
     job_id = submit(rt, SLOW)
     assert tasks.restore_job(job_id, 1)["status"] == "failed"
     job = rt.store.get(job_id)
-    assert "timed out" in job["error"] and "UPZIR_JOB_TIMEOUT_S" in job["error"]
-    assert job["metrics"]["steps_run"] < SLOW["steps"]
+    assert "timed out" in job.error and "UPZIR_JOB_TIMEOUT_S" in job.error
+    assert job.metrics.steps_run < SLOW["steps"]
     assert outcome(rt, "failed") == 1
 
 
@@ -58,7 +59,7 @@ def test_shutdown_cancel_stops_the_job_at_its_next_step(runtime):
     job_id = submit(rt, SLOW)
     rt.shutdown_cancel.set()
     assert tasks.restore_job(job_id, 1)["status"] == "canceled"
-    assert "shut down" in rt.store.get(job_id)["error"]
+    assert "shut down" in rt.store.get(job_id).error
     assert outcome(rt, "canceled") == 1
 
 
@@ -67,7 +68,7 @@ def test_corrupt_stored_input_fails_the_job_not_the_worker(runtime):
     job_id = submit(rt, {"steps": 2, "checkpoint_every": 1})
     rt.store.redis.set(rt.store.keys.input(job_id), b"\x89PNG\r\n\x1a\n broken")
     assert tasks.restore_job(job_id, 1)["status"] == "failed"
-    assert "cannot be decoded" in rt.store.get(job_id)["error"]
+    assert "cannot be decoded" in rt.store.get(job_id).error
 
 
 def test_a_canceled_or_superseded_job_is_skipped(runtime):
@@ -77,7 +78,7 @@ def test_a_canceled_or_superseded_job_is_skipped(runtime):
     assert tasks.restore_job(job_id, 1) == {"job_id": job_id, "skipped": True}
     other = submit(rt, {"steps": 2, "checkpoint_every": 1})
     assert tasks.restore_job(other, 2)["skipped"]  # an attempt number that is not the current one
-    assert rt.store.get(other)["status"] == "queued"
+    assert rt.store.get(other).status == "queued"
 
 
 QUICK = {"steps": 2, "checkpoint_every": 1}
@@ -91,12 +92,12 @@ def test_queued_jobs_with_the_same_canvas_join_the_batch(runtime):
     late = submit(rt, QUICK)  # no room at first: joins when the 2-step host leaves (continuous batching)
     assert tasks.restore_job(host, 1)["status"] == "succeeded"
     jobs = {job_id: rt.store.get(job_id) for job_id in [host, *same, late]}
-    assert all(job["status"] == "succeeded" for job in jobs.values()), jobs
-    assert jobs[late]["started_at"] >= jobs[host]["completed_at"]
-    assert all(jobs[j]["started_at"] < jobs[host]["completed_at"] for j in same)
-    assert rt.store.get(other_canvas)["status"] == "queued"
+    assert all(job.status == "succeeded" for job in jobs.values()), jobs
+    assert jobs[late].started_at >= jobs[host].completed_at
+    assert all(jobs[j].started_at < jobs[host].completed_at for j in same)
+    assert rt.store.get(other_canvas).status == "queued"
     # joiners' RQ entries were dropped (the host's own is RQ's to take; nothing dequeued it here)
-    assert rt.store.queue.get_job_ids() == [rt.store.rq_id(host, 1), rt.store.rq_id(other_canvas, 1)]
+    assert rt.store.queue.get_job_ids() == [rq_id(host, 1), rq_id(other_canvas, 1)]
     assert outcome(rt, "succeeded") == 4
     assert rt.metrics.registry.get_sample_value("restore_worker_batch_size") == 0
 
@@ -105,7 +106,7 @@ def test_a_claimed_job_is_skipped_by_a_worker_that_dequeues_it_anyway(runtime):
     rt = runtime(max_batch=2)
     host, joiner = submit(rt, QUICK), submit(rt, QUICK)
     tasks.restore_job(host, 1)
-    assert rt.store.get(joiner)["status"] == "succeeded"
+    assert rt.store.get(joiner).status == "succeeded"
     assert tasks.restore_job(joiner, 1) == {"job_id": joiner, "skipped": True}
 
 
@@ -113,7 +114,7 @@ def test_max_batch_one_runs_only_the_host(runtime):
     rt = runtime(max_batch=1)
     host, waiting = submit(rt, QUICK), submit(rt, QUICK)
     tasks.restore_job(host, 1)
-    assert rt.store.get(waiting)["status"] == "queued"
+    assert rt.store.get(waiting).status == "queued"
 
 
 def test_a_job_that_cannot_fit_fails_with_what_would(runtime):
@@ -121,11 +122,11 @@ def test_a_job_that_cannot_fit_fails_with_what_would(runtime):
     rt = runtime(memory_budget_mb=1, job_bytes_per_pixel=256.0, max_batch=4)
     too_big = submit(rt, QUICK, size=(96, 96))
     assert tasks.restore_job(too_big, 1)["status"] == "failed"
-    error = rt.store.get(too_big)["error"]
+    error = rt.store.get(too_big).error
     assert "does not fit" in error and "96x96" in error and "max_pixels ≤ 4096" in error
     host, waiting = submit(rt, QUICK), submit(rt, QUICK)
     assert tasks.restore_job(host, 1)["status"] == "succeeded"
-    assert rt.store.get(waiting)["status"] == "queued"  # memory, not room, kept it out
+    assert rt.store.get(waiting).status == "queued"  # memory, not room, kept it out
 
 
 def test_a_joiner_extends_the_rq_backstop_to_its_own_deadline():

@@ -1,4 +1,2 @@
-"""RQ worker that runs UP-ZeroIR jobs in-process with the model loaded once.
-
-Kept import-light: the API imports `worker.reaper` and must not pull in torch through this package.
-"""
+"""RQ worker that runs UP-ZeroIR jobs in-process with the model loaded once (compute only; the job system
+it shares with the API lives in `jobs/`)."""

@@ -25,13 +25,14 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
-from service.jobs import JobStore, connect
-from service.settings import Settings, ShutdownMode
+from jobs import webhooks
+from jobs.reaper import Reaper
+from jobs.settings import Settings, ShutdownMode
+from jobs.store import JobStore, connect
 
 from . import tasks
 from .metrics import WorkerMetrics
-from .reaper import Reaper
-from .webhooks import deliver_in_background
+from .outcome import ActiveJobs
 
 log = logging.getLogger("upzir.worker")
 
@@ -69,17 +70,20 @@ class RestoreWorker(SimpleWorker):
 
 
 class Heartbeat(threading.Thread):
-    """Renews the worker's ready/alive key every `heartbeat_s`, from its own thread (the sampler blocks main)."""
+    """Renews the worker's ready/alive key every `heartbeat_s` with the jobs it holds, from its own thread
+    (the sampler blocks the main one)."""
 
-    def __init__(self, store: JobStore, settings: Settings, worker_id: str, info: dict[str, Any]) -> None:
+    def __init__(
+        self, store: JobStore, settings: Settings, worker_id: str, info: dict[str, Any], active: ActiveJobs
+    ) -> None:
         super().__init__(name="upzir-heartbeat", daemon=True)
-        self.store, self.settings, self.worker_id, self.info = store, settings, worker_id, info
+        self.store, self.settings, self.worker_id, self.info, self.active = store, settings, worker_id, info, active
         self._stop_event = threading.Event()
         self.beat_once()
 
     def beat_once(self) -> None:
         try:
-            self.store.heartbeat_worker(self.worker_id, {**self.info, "at": time.time()})
+            self.store.workers.heartbeat(self.worker_id, {**self.info, "at": time.time()}, self.active.snapshot())
         except RedisError as exc:
             log.warning("heartbeat not sent (Redis unavailable: %s)", exc)
 
@@ -91,7 +95,7 @@ class Heartbeat(threading.Thread):
         self._stop_event.set()
         self.join(self.settings.redis_timeout_s * 2)
         try:
-            self.store.remove_worker(self.worker_id)
+            self.store.workers.remove(self.worker_id)
         except RedisError:
             pass  # the key expires on its own
 
@@ -171,10 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     runtime = tasks.Runtime(restorer, store, settings, metrics, worker_id)
     tasks.install(runtime)
     stop_event = runtime.stopping  # SIGTERM sets it: the work loop ends and running batches admit no one
-    heartbeat = Heartbeat(store, settings, worker_id, info)
+    heartbeat = Heartbeat(store, settings, worker_id, info, runtime.active)
     heartbeat.start()
-    reaper = Reaper(store, settings, owner=worker_id,
-                    notify=lambda job, url: deliver_in_background(url, job, settings))
+    reaper = Reaper(store, settings, owner=worker_id, notify=lambda record: webhooks.notify(store, record))
     reaper.start()
 
     def stop_between_runs(signum: int, frame: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from service.settings import Settings
+from jobs.settings import Settings
 
 if TYPE_CHECKING:  # torch loads with the model, not with this module
     import torch

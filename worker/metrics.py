@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from jobs.record import TERMINAL
+from restorer.events import Decision
+
 DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0)
 """1 s (a fast preset on a small image) to 900 s (the paper preset on a large one), roughly log-spaced."""
 
@@ -16,9 +19,9 @@ STEP_BUCKETS = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 3000
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 """Normalised judge scores live in [0, 1]; tenths are what a dashboard can show."""
 
-OUTCOMES = ("succeeded", "failed", "canceled")
-DECISIONS = ("continue", "refine", "exit", "renoise", "done")
-"""restorer.events.Decision values, listed here so the worker exposes every series from its first scrape."""
+OUTCOMES = tuple(sorted(s.value for s in TERMINAL))
+DECISIONS = tuple(d.value for d in Decision)
+"""Label values derived from the enums, so the worker exposes every series from its first scrape."""
 
 
 class WorkerMetrics:

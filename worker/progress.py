@@ -7,7 +7,6 @@ no longer ours (reaped, re-queued, expired) sets `lost`, and the job stops at it
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 from typing import Any
@@ -15,8 +14,9 @@ from typing import Any
 from PIL import Image
 from redis.exceptions import RedisError
 
-from service.jobs import EventType, JobStore, iso
-from service.settings import Settings
+from jobs.record import EventType, iso
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 from .metrics import WorkerMetrics
 
@@ -47,9 +47,14 @@ class ProgressWriter:
         self.lost = False
         self._warned = False
 
-    def _write(self, fields: dict[str, Any], event: tuple[EventType, dict[str, Any]] | None = None) -> None:
+    def _write(
+        self,
+        fields: dict[str, Any],
+        event: tuple[EventType, dict[str, Any]] | None = None,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> None:
         try:
-            if not self.store.write_progress(self.job_id, self.attempt, fields, event):
+            if not self.store.write_progress(self.job_id, self.attempt, fields, event, checkpoint):
                 self.lost = True
         except RedisError as exc:
             if not self._warned:
@@ -82,9 +87,9 @@ class ProgressWriter:
                 "total_steps": cp.total_steps,
                 "steps_run": cp.steps_run,
                 "last_score": cp.score,
-                "checkpoints": json.dumps(self.checkpoints),
             },
             (EventType.CHECKPOINT, {**entry, "at": iso(time.time())}),
+            checkpoint=entry,
         )
 
     def cancel_requested(self) -> bool:

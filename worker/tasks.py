@@ -8,7 +8,6 @@ with an error a person can act on; nothing a job does takes the worker down.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import signal
@@ -22,13 +21,17 @@ from redis.exceptions import RedisError
 from rq.timeouts import JobTimeoutException
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from service.jobs import JobStatus, JobStore, as_float, as_str
-from service.settings import Settings
+from jobs import webhooks
+from jobs.record import JobRecord, JobStatus
+from jobs.settings import Settings
+from jobs.store import JobStore
+from restorer.config import resolve_config
+from restorer.errors import ConfigError, ImageError, RestoreCanceled, RestorerError
 
 from .memory import JobTooLarge, MemoryBudget
 from .metrics import WorkerMetrics
+from .outcome import ActiveJobs, Outcome, StopReason
 from .progress import ProgressWriter
-from .webhooks import deliver_in_background
 
 log = logging.getLogger("upzir.tasks")
 
@@ -48,6 +51,7 @@ class Runtime:
     shutdown_cancel: threading.Event = field(default_factory=threading.Event)
     stopping: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM: claim nothing more
     budget: MemoryBudget | None = None  # made on first use, for the restorer's device
+    active: ActiveJobs = field(default_factory=ActiveJobs)  # published with every heartbeat
 
 
 _runtime: Runtime | None = None
@@ -64,16 +68,8 @@ def current() -> Runtime:
     return _runtime
 
 
-class _Stop:
-    """Why should_cancel said yes (the sampler only knows that it was told to stop)."""
-
-    REQUEST, SHUTDOWN, TIMEOUT, LOST = "request", "shutdown", "timeout", "lost"
-
-
 def _decode(data: bytes) -> Image.Image:
     """The stored upload as a PIL image (the API validated it; this guards against a corrupted store)."""
-    from restorer.errors import ImageError
-
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
@@ -96,11 +92,11 @@ def restore_job(job_id: str, attempt: int) -> dict[str, Any]:
     results live in the store; RQ only sees this host job.
     """
     rt = current()
-    snapshot = rt.store.start(job_id, attempt, rt.worker_id)
-    if snapshot is None:
+    record = rt.store.start(job_id, attempt, rt.worker_id)
+    if record is None:
         log.info("job %s attempt %d: not queued any more (canceled, expired or superseded); skipped", job_id, attempt)
         return {"job_id": job_id, "skipped": True}
-    host = JobAttempt(rt, job_id, attempt, snapshot)
+    host = JobAttempt(rt, record)
     batch = rt.restorer.batch(rt.settings.max_batch)
     budget = memory_budget(rt)
     members: dict[int, JobAttempt] = {}
@@ -148,9 +144,9 @@ def _admit(rt: Runtime, batch: Any, budget: MemoryBudget, members: dict[int, "Jo
     canvas = next(iter(members.values())).canvas
     in_use = sum(m.pixels for m in members.values())
 
-    def accept(h: dict[bytes, bytes]) -> bool:
+    def accept(record: JobRecord) -> bool:
         nonlocal in_use
-        size = _canvas_of(rt, h)
+        size = _canvas_of(rt, record)
         if size != canvas or not budget.fits(in_use, size[0] * size[1]):
             return False
         in_use += size[0] * size[1]
@@ -161,13 +157,13 @@ def _admit(rt: Runtime, batch: Any, budget: MemoryBudget, members: dict[int, "Jo
     except RedisError as exc:  # no new members this step; the running ones go on
         log.warning("could not look for jobs to batch (%s)", exc)
         return
-    for job_id, attempt, snapshot in claimed:
-        joiner = JobAttempt(rt, job_id, attempt, snapshot)
+    for record in claimed:
+        joiner = JobAttempt(rt, record)
         if joiner.open(budget):
             batch.add(joiner.prepared.run)
             members[id(joiner.prepared.run)] = joiner
             extend_backstop(rt.settings.job_timeout_s + rt.settings.worker_lost_after_s)
-            log.info("job %s attempt %d joined the batch (%d active)", job_id, attempt, batch.active)
+            log.info("job %s attempt %d joined the batch (%d active)", record.id, record.attempt, batch.active)
 
 
 def extend_backstop(seconds: float) -> None:
@@ -183,45 +179,39 @@ def extend_backstop(seconds: float) -> None:
         signal.alarm(max(remaining, math.ceil(seconds)))
 
 
-def job_config(h: dict[bytes, bytes]) -> Any:
+def job_config(record: JobRecord) -> Any:
     """The RestoreConfig a job record asks for (its preset + overrides); ConfigError if they are invalid."""
-    from restorer.config import resolve_config
-
-    params = json.loads(as_str(h.get(b"params")) or "{}")
+    params = dict(record.params)
     return resolve_config(params.pop("preset", None), params)
 
 
-def _canvas_of(rt: Runtime, h: dict[bytes, bytes]) -> tuple[int, int] | None:
+def _canvas_of(rt: Runtime, record: JobRecord) -> tuple[int, int] | None:
     """The padded canvas a queued job will sample on (None when its record cannot say)."""
-    from restorer.errors import ConfigError
-
     try:
-        cfg = job_config(h)
-        size = (int(as_str(h.get(b"width")) or 0), int(as_str(h.get(b"height")) or 0))
-    except (ConfigError, ValueError):
+        cfg = job_config(record)
+    except ConfigError:
         return None
-    if min(size) < 1:
+    if min(record.width, record.height) < 1:
         return None
-    return rt.restorer.canvas(size, cfg).padded_size
+    return rt.restorer.canvas((record.width, record.height), cfg).padded_size
 
 
 class JobAttempt:
     """One job attempt in this worker: opening it for the batch, its cancel check, and storing its outcome."""
 
-    def __init__(self, rt: Runtime, job_id: str, attempt: int, snapshot: dict[bytes, bytes]) -> None:
-        self.rt, self.job_id, self.attempt = rt, job_id, attempt
+    def __init__(self, rt: Runtime, record: JobRecord) -> None:
+        self.rt, self.record = rt, record
+        self.job_id, self.attempt = record.id, record.attempt
         self.t0 = time.monotonic()
-        created, started = as_float(snapshot.get(b"created_at")), as_float(snapshot.get(b"started_at"))
-        if created is not None and started is not None:
-            rt.metrics.queue_wait.observe(max(0.0, started - created))
-        self.webhook = as_str(snapshot.get(b"webhook")) or None
-        self.snapshot = snapshot
-        self.progress = ProgressWriter(rt.store, job_id, attempt, rt.metrics, rt.settings)
-        self.stop: list[str] = []
+        if record.started_at is not None:
+            rt.metrics.queue_wait.observe(max(0.0, record.started_at - record.created_at))
+        self.progress = ProgressWriter(rt.store, self.job_id, self.attempt, rt.metrics, rt.settings)
+        self.stop: StopReason | None = None
         self.prepared: Any = None  # restorer.pipeline.PreparedRestore once open
         self.canvas: tuple[int, int] = (0, 0)
         self.peak: int | None = None
         self.status = JobStatus.FAILED
+        rt.active.add(self.job_id)
 
     @property
     def pixels(self) -> int:
@@ -229,29 +219,32 @@ class JobAttempt:
 
     @property
     def lost(self) -> bool:
-        return bool(self.stop) and self.stop[0] == _Stop.LOST
+        return self.stop == StopReason.LOST
 
     def should_cancel(self) -> bool:
+        if self.stop is None:
+            self.stop = self._stop_reason()
+        return self.stop is not None
+
+    def _stop_reason(self) -> StopReason | None:
         rt = self.rt
         if self.progress.lost:
-            self.stop.append(_Stop.LOST)
-        elif rt.shutdown_cancel.is_set():
-            self.stop.append(_Stop.SHUTDOWN)
-        elif time.monotonic() - self.t0 > rt.settings.job_timeout_s:
-            self.stop.append(_Stop.TIMEOUT)
-        elif self.progress.cancel_requested():
-            self.stop.append(_Stop.REQUEST)
-        return bool(self.stop)
+            return StopReason.LOST
+        if rt.shutdown_cancel.is_set():
+            return StopReason.SHUTDOWN
+        if time.monotonic() - self.t0 > rt.settings.job_timeout_s:
+            return StopReason.TIMEOUT
+        if self.progress.cancel_requested():
+            return StopReason.REQUEST
+        return None
 
     def open(self, budget: MemoryBudget) -> bool:
         """Input, config, memory check and sampler set-up; False (the job already ended, failed) on any error."""
-        from restorer.errors import ImageError
-
         try:
             data = self.rt.store.load_input(self.job_id)
             if data is None:
                 raise ImageError("the uploaded image expired before the job started; submit it again")
-            cfg = job_config(self.snapshot)
+            cfg = job_config(self.record)
             image = _decode(data)
             self.canvas = self.rt.restorer.canvas(image.size, cfg).padded_size
             budget.check_alone(self.canvas)
@@ -262,7 +255,7 @@ class JobAttempt:
             return True
         except Exception as exc:
             self.canvas = (0, 0)
-            self._record(exc)
+            self.end(self.outcome_of(exc))
             return False
 
     def observe_peak(self, peak: int | None) -> None:
@@ -274,60 +267,55 @@ class JobAttempt:
         try:
             result = self.prepared.result()
         except Exception as exc:
-            self._record(exc)
+            self.end(self.outcome_of(exc))
             return False
-        self.status = JobStatus.SUCCEEDED
-        early_exit = bool(result.early_exit)
-        fields: dict[str, Any] = {
-            "early_exit": "1" if early_exit else "0",
-            "steps_run": result.steps_run,
-            "rounds": result.rounds,
-        }
+        result.peak_memory_bytes = self.peak
+        fields: dict[str, Any] = {"early_exit": bool(result.early_exit), "steps_run": result.steps_run,
+                                  "rounds": result.rounds}
         if result.final_score is not None:
             fields["last_score"] = result.final_score
-        result.peak_memory_bytes = self.peak
-        _end(self.rt, self.job_id, self.attempt, self.status, None, _encode_png(result.image), fields,
-             self.webhook, self.t0, early_exit, result)
+        self.end(Outcome(JobStatus.SUCCEEDED, result_png=_encode_png(result.image), fields=fields, result=result))
         return True
 
     def abort(self, error: str) -> None:
-        _end(self.rt, self.job_id, self.attempt, JobStatus.FAILED, error, None, {}, self.webhook, self.t0, False, None)
+        self.end(Outcome(JobStatus.FAILED, error=error))
 
-    def _record(self, exc: Exception) -> None:
-        """Map what ended the job to a terminal status and an error a person can act on, and store it."""
-        from restorer.errors import ConfigError, ImageError, RestoreCanceled, RestorerError
-
-        settings, status, fields = self.rt.settings, JobStatus.FAILED, {}
+    def outcome_of(self, exc: Exception) -> Outcome | None:
+        """What ended the job, as a terminal status and an error a person can act on; None: not ours any more."""
+        settings = self.rt.settings
         if isinstance(exc, RestoreCanceled):
-            why = self.stop[0] if self.stop else _Stop.REQUEST
             fields = {"steps_run": exc.steps_run}
-            if why == _Stop.TIMEOUT:
-                error = (
-                    f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S) at step {exc.steps_run};"
-                    " use fewer steps, a faster preset or a smaller image"
-                )
-            elif why == _Stop.SHUTDOWN:
-                status = JobStatus.CANCELED
-                error = f"canceled after {exc.steps_run} steps: the worker shut down (UPZIR_SHUTDOWN=cancel); submit again"
-            elif why == _Stop.LOST:
+            why = self.stop or StopReason.REQUEST
+            if why == StopReason.LOST:
                 log.warning("job %s attempt %d: no longer ours, result discarded", self.job_id, self.attempt)
-                return
-            else:
-                status = JobStatus.CANCELED
-                error = f"canceled by request after {exc.steps_run} steps"
-        elif isinstance(exc, (ConfigError, ImageError)):
-            error = f"invalid job: {exc}"
-        elif isinstance(exc, JobTooLarge):
-            error = str(exc)
-        elif isinstance(exc, RestorerError):
-            error = f"restoration failed: {exc}"
-        elif isinstance(exc, JobTimeoutException):
-            error = f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S)"
-        else:  # the job failed, the worker goes on
-            log.error("job %s failed", self.job_id, exc_info=exc)
-            error = _describe_crash(exc)
-        self.status = status
-        _end(self.rt, self.job_id, self.attempt, status, error, None, fields, self.webhook, self.t0, False, None)
+                return None
+            if why == StopReason.TIMEOUT:
+                return Outcome(JobStatus.FAILED, fields=fields, error=(
+                    f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S) at step {exc.steps_run};"
+                    " use fewer steps, a faster preset or a smaller image"))
+            if why == StopReason.SHUTDOWN:
+                return Outcome(JobStatus.CANCELED, fields=fields, error=(
+                    f"canceled after {exc.steps_run} steps: the worker shut down (UPZIR_SHUTDOWN=cancel); submit again"))
+            return Outcome(JobStatus.CANCELED, fields=fields, error=f"canceled by request after {exc.steps_run} steps")
+        if isinstance(exc, (ConfigError, ImageError)):
+            return Outcome(JobStatus.FAILED, error=f"invalid job: {exc}")
+        if isinstance(exc, JobTooLarge):
+            return Outcome(JobStatus.FAILED, error=str(exc))
+        if isinstance(exc, RestorerError):
+            return Outcome(JobStatus.FAILED, error=f"restoration failed: {exc}")
+        if isinstance(exc, JobTimeoutException):
+            return Outcome(JobStatus.FAILED, error=f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S)")
+        log.error("job %s failed", self.job_id, exc_info=exc)  # the job failed, the worker goes on
+        return Outcome(JobStatus.FAILED, error=_describe_crash(exc))
+
+    def end(self, outcome: Outcome | None) -> None:
+        """Store the outcome (retrying Redis blips), observe metrics, notify the webhook; then stop listing the job."""
+        try:
+            if outcome is not None:
+                self.status = outcome.status
+                _store_outcome(self.rt, self, outcome)
+        finally:
+            self.rt.active.discard(self.job_id)
 
 
 def _describe_crash(exc: Exception) -> str:
@@ -343,23 +331,15 @@ def _describe_crash(exc: Exception) -> str:
     return f"internal error ({name}: {exc})"
 
 
-def _end(
-    rt: Runtime,
-    job_id: str,
-    attempt: int,
-    status: JobStatus,
-    error: str | None,
-    result_png: bytes | None,
-    fields: dict[str, Any],
-    webhook: str | None,
-    t0: float,
-    early_exit: bool,
-    result: Any,
-) -> None:
-    """Store the outcome (retrying Redis blips), observe metrics, notify the webhook."""
+def _store_outcome(rt: Runtime, job: JobAttempt, outcome: Outcome) -> None:
+    """The final write, retried through Redis blips for up to `worker_lost_after_s`; then metrics and webhook.
+
+    While it retries, the job stays in this worker's published active jobs, so the reaper leaves it alone;
+    if every try fails, the job drops out of that list and the reaper fails it within its bound.
+    """
     settings, metrics = rt.settings, rt.metrics
-    run_s = time.monotonic() - t0
-    fields = {"run_s": round(run_s, 3), **fields}
+    run_s = time.monotonic() - job.t0
+    fields = {"run_s": round(run_s, 3), **outcome.fields}
 
     @retry(
         retry=retry_if_exception_type(RedisError),
@@ -367,21 +347,26 @@ def _end(
         wait=wait_exponential(multiplier=0.1, max=FINAL_WRITE_BACKOFF_CAP_S),
         reraise=True,
     )
-    def write() -> dict[str, Any] | None:
-        return rt.store.finish(job_id, attempt, status, error=error, result_png=result_png, fields=fields)
+    def write() -> JobRecord | None:
+        return rt.store.finish(job.job_id, job.attempt, outcome.status, error=outcome.error,
+                               result_png=outcome.result_png, fields=fields)
 
     try:
         final = write()
     except RedisError as exc:
-        log.error("job %s: outcome %s could not be stored (%s); the reaper will fail it", job_id, status.value, exc)
+        log.error("job %s: outcome %s could not be stored (%s); the reaper will fail it", job.job_id,
+                  outcome.status.value, exc)
         final = None
-    metrics.job_duration.labels(outcome=status.value).observe(run_s)
-    metrics.jobs_completed.labels(outcome=status.value, early_exit="true" if early_exit else "false").inc()
-    if result is not None and status == JobStatus.SUCCEEDED:
+    early_exit = bool(outcome.fields.get("early_exit"))
+    metrics.job_duration.labels(outcome=outcome.status.value).observe(run_s)
+    metrics.jobs_completed.labels(outcome=outcome.status.value, early_exit="true" if early_exit else "false").inc()
+    result = outcome.result
+    if result is not None and outcome.status == JobStatus.SUCCEEDED:
         metrics.sampler_steps.observe(result.steps_run)
         if result.final_score is not None:
             metrics.quality_score.observe(result.final_score)
         metrics.gpu_memory_peak_bytes.set(result.peak_memory_bytes or 0)
-    log.info("job %s attempt %d: %s in %.2f s%s", job_id, attempt, status.value, run_s, f" ({error})" if error else "")
+    log.info("job %s attempt %d: %s in %.2f s%s", job.job_id, job.attempt, outcome.status.value, run_s,
+             f" ({outcome.error})" if outcome.error else "")
     if final is not None:
-        deliver_in_background(webhook, final, settings)
+        webhooks.notify(rt.store, final)

@@ -1,4 +1,4 @@
-"""One typed settings object for the API and the worker, read from `UPZIR_*` environment variables.
+"""One typed settings object for the API, the worker and the job system, read from `UPZIR_*` variables.
 
 Every default carries its reason in the field description (rq's `defaults.py` habit): code never hides a
 number, it asks `Settings`.
@@ -9,7 +9,9 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field, model_validator
+import ipaddress
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,6 +72,14 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level for API and worker.")
 
+    # --- access ----------------------------------------------------------------------------------
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="Comma-separated bearer tokens. Unset: no authentication (a warning at start when bound beyond "
+        "loopback). Set: every /restore and /jobs call needs `Authorization: Bearer <token>`, and a job is visible "
+        "only to the token that submitted it. /healthz, /readyz and /metrics stay open for probes and scrapers.",
+    )
+
     # --- upload limits ----------------------------------------------------------------------------
     max_upload_bytes: int = Field(
         25 * 1024 * 1024, ge=1024, description="25 MiB: a 24 MP PNG photo fits, anything bigger is not one upload."
@@ -79,6 +89,19 @@ class Settings(BaseSettings):
         ge=64 * 64,
         description="16.8 MP decompression-bomb cap (checked from the header); the sampler downscales anyway.",
     )
+    upload_idle_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Longest wait for the next chunk of an upload body (408 after it): a stalled client must not "
+        "hold a buffer and a slot. A healthy client on a slow link sends something every few hundred ms.",
+    )
+    upload_timeout_s: float = Field(
+        120.0, gt=0, description="Whole-body deadline (408): 25 MiB at 2 Mbit/s takes 105 s."
+    )
+    max_concurrent_uploads: int = Field(
+        8, ge=1,
+        description="Bodies one API process reads at once; more are refused (503) at once. Bounds upload buffers "
+        "to 8 × 25 MiB per process.",
+    )
     max_checkpoints_per_job: int = Field(
         200, ge=1,
         description="A job writes a checkpoint (score + preview) every Δ steps in every DQR round: refuse (422) a "
@@ -87,6 +110,11 @@ class Settings(BaseSettings):
     )
     max_queue_depth: int = Field(
         100, ge=1, description="Beyond ~100 waiting jobs the wait is hours on one GPU: refuse (429) instead."
+    )
+    max_queue_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1024 * 1024,
+        description="Uploads waiting in the queue, in bytes: 1 GiB is half the 2 GiB `maxmemory` that compose and "
+        "k8s give Redis, leaving the rest for results, previews and events (100 × 25 MiB would not fit). Refuse (429).",
     )
     queue_full_retry_after_s: int = Field(
         30, ge=1, description="Retry-After on 429: about one fast job's time, when a slot may have freed."
@@ -161,8 +189,49 @@ class Settings(BaseSettings):
     sse_block_ms: int = Field(
         5000, ge=10, description="XREAD BLOCK per poll of the event stream; short enough to notice an expired job."
     )
+    sse_max_streams: int = Field(
+        100, ge=1,
+        description="Event streams one API process serves at once; more are refused (503) before the response "
+        "starts. Each holds a blocking Redis read.",
+    )
+    sse_max_streams_per_job: int = Field(
+        8, ge=1, description="Streams on one job at once (a page, a client, a retry); more are refused (429)."
+    )
+    sse_max_duration_s: float = Field(
+        1800.0, gt=0,
+        description="A stream ends after this long (the client resumes with Last-Event-ID), so abandoned streams "
+        "cannot pin slots: 30 min, as job_timeout_s.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Key for the webhook signature header (HMAC-SHA256 over `timestamp.body`). Unset: bodies go "
+        "unsigned (a warning at start).",
+    )
+    webhook_allow_networks: str = Field(
+        "",
+        description="Comma-separated CIDRs a webhook may reach even though they are loopback, private or "
+        "link-local (an in-cluster receiver). Empty: only public addresses.",
+    )
     webhook_timeout_s: float = Field(10.0, gt=0, description="Per webhook POST: a receiver should just enqueue.")
     webhook_attempts: int = Field(3, ge=1, description="Webhook tries with exponential backoff before giving up.")
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        for item in filter(None, (x.strip() for x in value.split(","))):
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
+
+    @property
+    def webhook_allowed(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """The operator's allowlist for webhook targets that would otherwise be refused."""
+        return [ipaddress.ip_network(x.strip(), strict=False) for x in self.webhook_allow_networks.split(",") if x.strip()]
+
+    @property
+    def tokens(self) -> list[str]:
+        """The configured bearer tokens (empty: authentication off)."""
+        raw = self.api_tokens.get_secret_value() if self.api_tokens is not None else ""
+        return [t.strip() for t in raw.split(",") if t.strip()]
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "Settings":
