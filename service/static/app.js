@@ -1,14 +1,108 @@
 // UP-ZeroIR web page: upload → follow the job (SSE + polling) → before/after + download.
 // Plain JavaScript on the public API only: POST /restore, GET /jobs/{id}, /jobs/{id}/events,
 // /jobs/{id}/result, the checkpoint previews and POST /jobs/{id}/cancel.
+// When the service requires a bearer token (UPZIR_API_TOKENS), every one of those calls carries
+// `Authorization: Bearer <token>`: the event stream is read with fetch (EventSource cannot send headers)
+// and images are fetched as blobs and shown through object URLs (<img src> cannot send headers either).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const POLL_MS = 700;
 const SVG = "http://www.w3.org/2000/svg";
+const TOKEN_KEY = "upzir.apiToken";
+const STREAM_RETRY_MS = 1000; // reconnect delay after a stream ends or fails (SSE `retry:` overrides it)
+const STREAM_RETRY_MAX_MS = 30000;
 
-let current = null; // {id, job, source, timer, checkpoints: Map, inputUrl}
+let current = null; // {id, job, token, abort, timer, checkpoints: Map, previews: Map, inputUrl, done}
+let objectUrls = []; // blob: URLs shown for the job on screen; revoked when the next job replaces it
+
+// ---- the API token: optional, remembered in localStorage -----------------------------------------
+
+function enteredToken() {
+  return $("token").value.trim();
+}
+
+function loadToken() {
+  try {
+    $("token").value = localStorage.getItem(TOKEN_KEY) || "";
+  } catch (_) { /* storage unavailable: the field still works for this page */ }
+}
+
+function saveToken() {
+  try {
+    const token = enteredToken();
+    if (token) localStorage.setItem(TOKEN_KEY, token);
+    else localStorage.removeItem(TOKEN_KEY);
+  } catch (_) { /* storage unavailable */ }
+}
+
+function authHeaders(token, extra) {
+  const headers = { ...(extra || {}) };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return headers;
+}
+
+// fetch with the bearer token (when there is one); a job is followed with the token that submitted it
+function apiFetch(url, token, options) {
+  const opts = { ...(options || {}) };
+  opts.headers = authHeaders(token, opts.headers);
+  return fetch(url, opts);
+}
+
+// The message for a 401: the token is missing, or not one the service knows.
+async function tokenError(resp, token) {
+  await resp.text().catch(() => ""); // the API's own words name the header, not the page's field
+  $("token-box").classList.add("needed");
+  return token
+    ? "The API token was not accepted: check the one entered above."
+    : "This service requires an API token: enter it above.";
+}
+
+function retryAfterMs(resp, fallbackMs) {
+  const v = resp.headers.get("Retry-After");
+  if (!v) return fallbackMs;
+  const s = Number(v);
+  const ms = Number.isFinite(s) ? s * 1000 : Date.parse(v) - Date.now();
+  return Number.isFinite(ms) ? Math.min(Math.max(ms, 250), 5 * 60 * 1000) : fallbackMs;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---- images from protected endpoints: fetched with the token, shown as object URLs ---------------
+
+function keepObjectUrl(blob) {
+  const url = URL.createObjectURL(blob);
+  objectUrls.push(url);
+  return url;
+}
+
+function revokeObjectUrls() {
+  objectUrls.forEach((u) => URL.revokeObjectURL(u));
+  objectUrls = [];
+}
+
+async function fetchImage(mine, url) {
+  const resp = await apiFetch(url, mine.token, { cache: "no-store" });
+  if (!resp.ok) {
+    const err = new Error(resp.status === 401 ? await tokenError(resp, mine.token) : await apiError(resp));
+    err.status = resp.status;
+    throw err;
+  }
+  const blob = await resp.blob();
+  if (current !== mine) return null; // a newer job took the screen: do not keep this one
+  return keepObjectUrl(blob);
+}
+
+// one fetch per checkpoint preview, shared by its table thumbnail and the large preview
+function previewUrl(mine, cp) {
+  if (!mine.previews.has(cp.index)) {
+    const p = fetchImage(mine, cp.preview_url);
+    p.catch(() => mine.previews.delete(cp.index)); // a later call may try again
+    mine.previews.set(cp.index, p);
+  }
+  return mine.previews.get(cp.index);
+}
 
 // ---- errors: shown as the API words them ---------------------------------------------------------
 
@@ -84,15 +178,22 @@ async function submit(e) {
     if (k !== "image" && typeof v === "string" && v.trim() !== "") form.append(k, v.trim());
   }
   $("submit").disabled = true;
+  const token = enteredToken();
   let resp;
   try {
-    resp = await fetch("/restore", { method: "POST", body: form });
+    resp = await apiFetch("/restore", token, { method: "POST", body: form });
   } catch (err) {
     showError(`the API could not be reached (${err.message})`);
     $("submit").disabled = false;
     return;
   }
   $("submit").disabled = false;
+  if (resp.status === 401) {
+    showError(await tokenError(resp, token), 401);
+    $("token").focus();
+    return;
+  }
+  $("token-box").classList.remove("needed");
   if (!resp.ok) {
     const msg = await apiError(resp);
     const retry = resp.headers.get("Retry-After");
@@ -100,20 +201,25 @@ async function submit(e) {
     return;
   }
   const job = await resp.json();
-  follow(job, URL.createObjectURL(file));
+  follow(job, URL.createObjectURL(file), token);
 }
 
 // ---- following a job -----------------------------------------------------------------------------
 
 function stopFollowing() {
   if (!current) return;
-  if (current.source) current.source.close();
+  current.abort.abort();
   clearTimeout(current.timer);
   current = null;
 }
 
-function follow(job, inputUrl) {
-  current = { id: job.id, job, source: null, timer: null, checkpoints: new Map(), inputUrl };
+function follow(job, inputUrl, token) {
+  revokeObjectUrls();
+  objectUrls.push(inputUrl);
+  current = {
+    id: job.id, job, token, abort: new AbortController(), timer: null,
+    checkpoints: new Map(), previews: new Map(), inputUrl, done: false,
+  };
   $("job").hidden = false;
   $("result").hidden = true;
   $("checkpoints").tBodies[0].innerHTML = "";
@@ -125,34 +231,132 @@ function follow(job, inputUrl) {
   drawChart();
 
   const mine = current;
-  const source = new EventSource(job.urls.events);
-  mine.source = source;
-  source.addEventListener("status", (ev) => {
-    if (current !== mine) return;
-    const data = JSON.parse(ev.data);
-    mine.job = { ...mine.job, status: data.status, error: data.error || mine.job.error };
-    render(mine.job);
+  streamEvents(mine, job.urls.events, {
+    status(data) {
+      mine.job = { ...mine.job, status: data.status, error: data.error || mine.job.error };
+      render(mine.job);
+    },
+    checkpoint(data) { addCheckpoint(data); },
+    completed(data) { finish(data); },
   });
-  source.addEventListener("checkpoint", (ev) => {
-    if (current !== mine) return;
-    addCheckpoint(JSON.parse(ev.data));
-  });
-  source.addEventListener("completed", (ev) => {
-    if (current !== mine) return;
-    source.close();
-    finish(JSON.parse(ev.data));
-  });
-  source.onerror = () => {
-    // EventSource reconnects by itself (resuming with Last-Event-ID); polling covers the gap.
-  };
   poll(mine);
+}
+
+// A job lost its access (401): say so once and stop following it.
+async function unauthorized(mine, resp) {
+  if (current !== mine) return;
+  showError(await tokenError(resp, mine.token), 401);
+  stopFollowing();
+}
+
+// ---- server-sent events over fetch ---------------------------------------------------------------
+// The job's event stream, read with fetch so it can carry the Authorization header. Events are parsed as
+// EventSource does (`event:`/`data:`/`id:`/`retry:` fields, dispatch on a blank line, `:` lines are
+// comments such as the keep-alive pings). A stream that ends before `completed` (the server closes
+// streams after a maximum duration, or the connection broke) is reopened with Last-Event-ID, so nothing
+// is missed or repeated; 429/503 answers are retried after their Retry-After. Polling keeps the page
+// current meanwhile.
+
+async function streamEvents(mine, url, handlers) {
+  const signal = mine.abort.signal;
+  const state = { lastId: "", retryMs: STREAM_RETRY_MS, completed: false };
+  let failures = 0;
+  while (current === mine && !mine.done && !signal.aborted) {
+    let waitMs;
+    try {
+      const headers = { Accept: "text/event-stream" };
+      if (state.lastId) headers["Last-Event-ID"] = state.lastId;
+      const resp = await apiFetch(url, mine.token, { headers, cache: "no-store", signal });
+      if (resp.status === 401) { await unauthorized(mine, resp); return; }
+      if (resp.status === 404) return; // unknown or expired: polling reports it
+      if (resp.status === 429 || resp.status === 503) {
+        waitMs = retryAfterMs(resp, state.retryMs);
+      } else if (!resp.ok || !resp.body) {
+        failures += 1;
+      } else {
+        await readEvents(resp.body, state, (type, data) => {
+          if (current !== mine || mine.done) return;
+          const handler = handlers[type];
+          if (!handler) return;
+          let parsed;
+          try { parsed = JSON.parse(data); } catch (_) { return; }
+          handler(parsed);
+        }, signal);
+        if (state.completed) return;
+        failures = 0; // ended cleanly (the server's maximum duration): reconnect after the retry delay
+      }
+    } catch (_) {
+      if (signal.aborted) return;
+      failures += 1; // network error or a broken stream: try again
+    }
+    if (waitMs == null) {
+      waitMs = failures ? Math.min(state.retryMs * 2 ** (failures - 1), STREAM_RETRY_MAX_MS) : state.retryMs;
+    }
+    await sleep(waitMs);
+  }
+}
+
+// Reads one response body to its end (or its `completed` event); returns how many events it dispatched.
+async function readEvents(body, state, dispatch, signal) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder("utf-8");
+  const onAbort = () => reader.cancel().catch(() => {});
+  signal.addEventListener("abort", onAbort);
+  let buf = "";
+  let type = "", data = [], count = 0;
+  const line = (text) => {
+    if (text === "") { // blank line: dispatch the event gathered so far
+      if (data.length) {
+        count += 1;
+        const t = type || "message";
+        if (t === "completed") state.completed = true;
+        dispatch(t, data.join("\n"));
+      }
+      type = ""; data = [];
+      return;
+    }
+    if (text[0] === ":") return; // a comment: keep-alive ping
+    const colon = text.indexOf(":");
+    const field = colon < 0 ? text : text.slice(0, colon);
+    let value = colon < 0 ? "" : text.slice(colon + 1);
+    if (value[0] === " ") value = value.slice(1);
+    if (field === "event") type = value;
+    else if (field === "data") data.push(value);
+    else if (field === "id") { if (!value.includes("\0")) state.lastId = value; }
+    else if (field === "retry") { if (/^\d+$/.test(value)) state.retryMs = Number(value); }
+  };
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      buf += done ? decoder.decode() : decoder.decode(value, { stream: true });
+      let m;
+      const eol = /\r\n|\r|\n/g;
+      let start = 0;
+      while ((m = eol.exec(buf)) !== null) {
+        // a lone CR at the end of what arrived may be the first half of CRLF: wait for more
+        if (!done && m[0] === "\r" && m.index === buf.length - 1) break;
+        line(buf.slice(start, m.index));
+        start = eol.lastIndex;
+        if (state.completed) return count;
+      }
+      buf = buf.slice(start);
+      if (done) return count; // an event without its blank line is dropped, as EventSource does
+    }
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+    try { reader.releaseLock(); } catch (_) { /* already released */ }
+  }
 }
 
 async function poll(mine) {
   if (current !== mine) return;
   try {
-    const resp = await fetch(`/jobs/${encodeURIComponent(mine.id)}`, { cache: "no-store" });
+    const resp = await apiFetch(`/jobs/${encodeURIComponent(mine.id)}`, mine.token, { cache: "no-store" });
     if (current !== mine) return;
+    if (resp.status === 401) {
+      await unauthorized(mine, resp);
+      return;
+    }
     if (resp.ok) {
       const job = await resp.json();
       mine.job = job;
@@ -224,12 +428,13 @@ function addCheckpoint(cp) {
   dec.append(tag);
   row.append(dec);
   const cell = document.createElement("td");
+  const mine = current;
   if (cp.preview_url) {
     const img = document.createElement("img");
     img.className = "thumb";
     img.alt = `estimate at checkpoint ${cp.index}`;
-    img.src = cp.preview_url;
     cell.append(img);
+    previewUrl(mine, cp).then((url) => { if (url && current === mine) img.src = url; }).catch(() => {});
   }
   row.append(cell);
   // keep rows in index order even if polling and SSE interleave
@@ -239,10 +444,14 @@ function addCheckpoint(cp) {
 
   const latest = Math.max(...current.checkpoints.keys());
   if (cp.index === latest && cp.preview_url) {
-    $("preview").src = cp.preview_url;
-    $("preview").hidden = false;
-    $("preview-caption").textContent =
-      `estimate at checkpoint ${cp.index} (round ${cp.round}, step ${cp.step}) · ${cp.decision}`;
+    previewUrl(mine, cp).then((url) => {
+      // a later checkpoint may have arrived while this one loaded: only the latest is shown
+      if (!url || current !== mine || cp.index !== Math.max(...mine.checkpoints.keys())) return;
+      $("preview").src = url;
+      $("preview").hidden = false;
+      $("preview-caption").textContent =
+        `estimate at checkpoint ${cp.index} (round ${cp.round}, step ${cp.step}) · ${cp.decision}`;
+    }).catch((err) => { if (err.status === 401) showError(err.message, 401); });
   }
   drawChart();
   render(current.job);
@@ -317,18 +526,28 @@ function drawChart() {
 
 // ---- the end: before/after and download ----------------------------------------------------------
 
-function finish(job) {
+async function finish(job) {
   if (!current || current.done) return;
-  current.done = true;
-  current.job = job;
-  if (current.source) current.source.close();
-  clearTimeout(current.timer);
+  const mine = current;
+  mine.done = true;
+  mine.job = job;
+  mine.abort.abort(); // the event stream, if still open
+  clearTimeout(mine.timer);
   (job.progress.checkpoints || []).forEach(addCheckpoint);
   render(job);
   if (job.status === "succeeded") {
-    $("before").src = current.inputUrl;
-    $("after").src = `${job.urls.result}?t=${Date.now()}`;
-    $("download").href = job.urls.result;
+    let resultUrl;
+    try {
+      resultUrl = await fetchImage(mine, job.urls.result);
+    } catch (err) {
+      if (current === mine) showError(`the result could not be loaded: ${err.message}`, err.status);
+      return;
+    }
+    if (!resultUrl || current !== mine) return;
+    $("before").src = mine.inputUrl;
+    $("after").src = resultUrl;
+    $("download").href = resultUrl; // the fetched PNG itself: a link cannot send the token
+    $("download").dataset.url = job.urls.result;
     $("download").setAttribute("download", `${job.id}.png`);
     const m = job.metrics || {};
     const bits = [];
@@ -352,12 +571,26 @@ function setSplit(v) {
 
 async function cancel() {
   if (!current) return;
-  const resp = await fetch(`/jobs/${encodeURIComponent(current.id)}/cancel`, { method: "POST" });
-  if (!resp.ok) showError(await apiError(resp), resp.status);
+  const mine = current;
+  let resp;
+  try {
+    resp = await apiFetch(`/jobs/${encodeURIComponent(mine.id)}/cancel`, mine.token, { method: "POST" });
+  } catch (err) {
+    showError(`the API could not be reached (${err.message})`);
+    return;
+  }
+  if (current !== mine) return;
+  if (resp.status === 401) showError(await tokenError(resp, mine.token), 401);
+  else if (!resp.ok) showError(await apiError(resp), resp.status);
   else render(await resp.json());
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  loadToken();
+  $("token").addEventListener("input", () => {
+    saveToken();
+    $("token-box").classList.remove("needed");
+  });
   setupDrop();
   $("upload").addEventListener("submit", submit);
   $("slider").addEventListener("input", (e) => setSplit(e.target.value));
