@@ -49,7 +49,7 @@ class Reaped:
     reason: str
 
 
-Notify = Callable[[JobRecord], None]
+Notify = Callable[[JobRecord], object]
 """Called with the final record of each job the reaper failed (its webhook is notified)."""
 
 

@@ -6,10 +6,9 @@ number, it asks `Settings`.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import Enum
 from typing import Literal
-
-import ipaddress
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -234,7 +233,7 @@ class Settings(BaseSettings):
         return [t.strip() for t in raw.split(",") if t.strip()]
 
     @model_validator(mode="after")
-    def _check_consistency(self) -> "Settings":
+    def _check_consistency(self) -> Settings:
         if self.worker_lost_after_s <= self.heartbeat_s:
             raise ValueError(
                 f"worker_lost_after_s ({self.worker_lost_after_s}) must exceed heartbeat_s ({self.heartbeat_s}),"

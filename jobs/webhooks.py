@@ -71,7 +71,7 @@ def resolve(url: str, settings: Settings) -> IPAddress:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise WebhookRefused(f"webhook host {parts.hostname!r} does not resolve ({exc})") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     refused = sorted({str(a) for a in addresses if not _public(a, settings)})
     if refused or not addresses:
         raise WebhookRefused(

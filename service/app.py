@@ -14,20 +14,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import ValidationError
 from prometheus_client import disable_created_metrics
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from restorer.config import resolve_config
-from restorer.errors import ConfigError
 
 from jobs import webhooks
 from jobs.errors import StoreError
 from jobs.reaper import Reaper
 from jobs.settings import Settings
 from jobs.store import JobStore
+from restorer.config import resolve_config
+from restorer.errors import ConfigError
 
 from .auth import is_loopback
 from .events import StreamSlots, connect_async

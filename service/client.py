@@ -1,6 +1,6 @@
 """Python client for the restoration API (httpx), with typed errors that carry the server's message.
 
-    with RestoreClient("http://localhost:8000") as c:
+    with RestoreClient("http://localhost:8000", token=os.environ.get("UPZIR_API_TOKEN")) as c:
         job = c.submit("photo.jpg", preset="fast", seed=1)
         for ev in c.events(job["id"]):
             print(ev.event, ev.data)
@@ -51,6 +51,10 @@ class ValidationFailed(ClientError):
     pass
 
 
+class Unauthorized(ClientError):
+    """401: the service requires a bearer token (UPZIR_API_TOKENS) and this one is missing or wrong."""
+
+
 class NotFound(ClientError):
     pass
 
@@ -90,6 +94,7 @@ class WaitTimeout(ClientError):
 
 
 _BY_STATUS: dict[int, type[ClientError]] = {
+    401: Unauthorized,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,
@@ -109,7 +114,8 @@ class SSEEvent:
 
 def parse_sse(lines: Iterable[str]) -> Iterator[SSEEvent]:
     """Minimal SSE parser (WHATWG event-stream rules for event/data/id; comments and retry ignored)."""
-    event, data, last_id = "", [], None
+    event, last_id = "", None
+    data: list[str] = []
     for raw in lines:
         line = raw.rstrip("\r\n")
         if line == "":
@@ -138,8 +144,14 @@ def parse_sse(lines: Iterable[str]) -> Iterator[SSEEvent]:
 class RestoreClient:
     """Thin, typed wrapper over the HTTP API; one httpx.Client (connection pooling) per instance."""
 
-    def __init__(self, base_url: str, timeout: float = DEFAULT_TIMEOUT_S, **client_kwargs: Any) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, **client_kwargs)
+    def __init__(
+        self, base_url: str, timeout: float = DEFAULT_TIMEOUT_S, token: str | None = None, **client_kwargs: Any
+    ) -> None:
+        """`token`: the bearer token when the service sets UPZIR_API_TOKENS (sent with every request)."""
+        headers = dict(client_kwargs.pop("headers", None) or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers, **client_kwargs)
 
     def __enter__(self) -> RestoreClient:
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m service.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("image", type=Path, help="a clean photo")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the running API")
+    p.add_argument("--token", default=os.environ.get("UPZIR_API_TOKEN"),
+                   help="bearer token when the API sets UPZIR_API_TOKENS (default: $UPZIR_API_TOKEN)")
     p.add_argument("--degrade", default=DEFAULT_DEGRADATION, choices=[*DEGRADATIONS, "none"],
                    help="what to do to the photo first (none: send it as it is)")
     p.add_argument("--crop", type=int, default=DEFAULT_CROP, help="centre crop side in pixels (0: whole photo)")
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     sent_path = args.out / f"{name}-degraded.png"
     sent.save(sent_path)
 
-    client = RestoreClient(args.url)
+    client = RestoreClient(args.url, token=args.token)
     try:
         job = client.submit(sent_path, **fields)
         print(f"submitted job {job['id']} ({args.degrade}, {sent.size[0]}×{sent.size[1]})")

@@ -13,7 +13,7 @@ import io
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
@@ -21,10 +21,12 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks  # a typing-only TypedDict
 from restorer.errors import ImageError
 from restorer.images import exif_orientation
-
-from jobs.settings import Settings
 
 FORM_OVERHEAD_BYTES = 64 * 1024
 """Allowed on top of the image cap for multipart headers and the small text fields."""
@@ -135,7 +137,7 @@ class _Collector:
         self._buf = bytearray()
         self._is_image = False
 
-    def callbacks(self) -> dict[str, Any]:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),

@@ -15,9 +15,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import pytest
+import redis
+from conftest import free_port, image_bytes, wait_for
 from PIL import Image
 
-from conftest import free_port, image_bytes, wait_for
+from jobs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from service.client import RestoreClient
 
 pytestmark = pytest.mark.slow
@@ -55,7 +57,8 @@ def stack(module_spawn, redis_url, tiny_ldm_dir):
     redis.Redis.from_url(redis_url).flushdb()
     metrics_port = free_port()
     env = dict(redis_url=redis_url, model=tiny_ldm_dir, device="cpu", judge="piqe", heartbeat_s=0.5,
-               worker_lost_after_s=5, reaper_interval_s=0.5)
+               worker_lost_after_s=5, reaper_interval_s=0.5,
+               webhook_allow_networks="127.0.0.1/32", webhook_secret=WEBHOOK_SECRET)  # the receiver is local
     _, api = module_spawn.api(**env)
     worker = module_spawn.worker("e2e", worker_metrics_port=metrics_port, **env)
     s = Stack(api, worker, f"http://127.0.0.1:{metrics_port}/metrics")
@@ -76,12 +79,17 @@ def sample(text: str, name: str, **labels: str) -> float:
     return total
 
 
+WEBHOOK_SECRET = "e2e-webhook-secret"
+
+
 class Hook(BaseHTTPRequestHandler):
     received: list[dict] = []
 
     def do_POST(self) -> None:  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        Hook.received.append(json.loads(body))
+        timestamp = self.headers[TIMESTAMP_HEADER]
+        if self.headers[SIGNATURE_HEADER] == sign(body, timestamp, WEBHOOK_SECRET):  # only signed bodies count
+            Hook.received.append(json.loads(body))
         self.send_response(204)
         self.end_headers()
 
@@ -217,10 +225,15 @@ def test_cancel_a_running_job_stops_it_at_the_next_step(stack):
     assert stack.client.wait(nxt["id"], timeout=JOB_TIMEOUT_S)["status"] == "succeeded"
 
 
-def test_jobs_queued_behind_a_running_one_join_its_batch(stack):
+def test_jobs_queued_behind_a_running_one_join_its_batch(stack, redis_url):
     """The running job hosts a batch: same-size jobs submitted meanwhile join between steps instead of waiting."""
     host = stack.client.submit(image_bytes((48, 48), seed=5), steps=40, checkpoint_every=20, dqr="off", seed=5)
     _wait_running(stack, host["id"])
+    # the heartbeat publishes the jobs the worker holds, so the reaper can tell a lost job from a running one
+    registry = redis.Redis.from_url(redis_url)
+    wait_for(lambda: host["id"] in json.loads(registry.get("upzir:worker:e2e"))["jobs"], timeout=5,
+             what="the worker's heartbeat to list its running job")
+    registry.close()
     joiners = [stack.client.submit(image_bytes((48, 48), seed=s), **{**FAST, "seed": s}) for s in (6, 7)]
     done = [stack.client.wait(j["id"], timeout=JOB_TIMEOUT_S) for j in joiners]
     assert all(j["status"] == "succeeded" for j in done), done
