@@ -11,9 +11,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_WEIGHTS_ROOT = Path(__file__).resolve().parents[2] / "shared" / "weights"
+SHARED = REPO_ROOT.parent / "shared"
+"""The evaluation images and weights live beside the checkout, never in it."""
+
+
+class SharedRoots(BaseSettings):
+    """Where evaluation data and local weights are: `UPZIR_DATA_ROOT`, `UPZIR_WEIGHTS_ROOT` (default ../shared)."""
+
+    model_config = SettingsConfigDict(env_prefix="UPZIR_", extra="ignore", frozen=True)
+
+    data_root: Path = Field(SHARED / "data", description="Kodak24, CBSD68, BSDS500, LOL (with a MANIFEST).")
+    weights_root: Path = Field(SHARED / "weights", description="mini-ldm and NIQE parameters.")
+
+
+ROOTS = SharedRoots()
+DEFAULT_DATA_ROOT = ROOTS.data_root
+DEFAULT_WEIGHTS_ROOT = ROOTS.weights_root
 
 
 def parse_set(text: str | None) -> dict[str, str]:

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import torch
+from PIL import Image
 
 from restorer.config import RestoreConfig
 from restorer.degradations import degrade, to_array

@@ -27,10 +27,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .common import DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS_ROOT, command_line, fmt, header_md, machine, parse_set, write_json
-from .baselines import BASELINES
 from restorer.degradations import degrade, to_array, to_pil
 from restorer.images import centre_crop
+
+from .baselines import BASELINES
+from .common import (
+    DEFAULT_DATA_ROOT,
+    DEFAULT_WEIGHTS_ROOT,
+    command_line,
+    fmt,
+    header_md,
+    machine,
+    parse_set,
+    write_json,
+)
 
 LDRPS = {"lambda_deg": "0", "pcdm": "resblock", "dqr": "off", "pcdm_anchor": "1.0"}
 """LD-RPS-like, as read from its paper: no DegLoss (λ1=0), φ a plain residual block without the GGD input, a fixed

@@ -17,20 +17,20 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS_ROOT  # noqa: E402
 from restorer import Restorer, resolve_config  # noqa: E402
 from restorer.compare import STRIP_GAP, reference_scores, side_by_side  # noqa: E402
 from restorer.degradations import degrade  # noqa: E402
 from restorer.images import centre_crop, load_image  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 SCALE = 2
 """Nearest-neighbour enlargement, so a 128² crop can be looked at."""
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default=str(SHARED / "weights" / "mini-ldm"))
-    p.add_argument("--image", default=str(SHARED / "data" / "kodak24" / "kodim23.png"))
+    p.add_argument("--model", default=str(DEFAULT_WEIGHTS_ROOT / "mini-ldm"))
+    p.add_argument("--image", default=str(DEFAULT_DATA_ROOT / "kodak24" / "kodim23.png"))
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--kinds", default="noise25,lowlight+noise,haze,clean")
     p.add_argument("--out", default="docs/before_after.png")

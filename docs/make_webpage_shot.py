@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 from pathlib import Path
 
-from restorer.degradations import DEGRADATIONS, degrade
-from restorer.images import centre_crop, load_image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import DEFAULT_DATA_ROOT  # noqa: E402
+from restorer.degradations import DEGRADATIONS, degrade  # noqa: E402
+from restorer.images import centre_crop, load_image  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHROMIUM = os.environ.get("UPZIR_CHROMIUM", "/usr/bin/chromium")
 VIEWPORT = {"width": 1100, "height": 900}
 JOB_TIMEOUT_MS = 600_000
@@ -30,7 +32,7 @@ SLIDER_AT = "50"
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--image", type=Path, default=SHARED / "data" / "kodak24" / "kodim23.png")
+    p.add_argument("--image", type=Path, default=DEFAULT_DATA_ROOT / "kodak24" / "kodim23.png")
     p.add_argument("--degrade", default="lowlight+noise", choices=list(DEGRADATIONS))
     p.add_argument("--crop", type=int, default=192)
     p.add_argument("--preset", default="balanced", help="the preset to pick on the page (the service default)")

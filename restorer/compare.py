@@ -8,7 +8,7 @@ channel), the same definitions `benchmarks/quality.py` reports, so a user's figu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ STRIP_GAP = 4
 """White pixels between the tiles of a strip."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _metric(name: str) -> Any:
     import pyiqa
 

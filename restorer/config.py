@@ -289,7 +289,7 @@ class RestoreConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _check_schedule(self) -> "RestoreConfig":
+    def _check_schedule(self) -> RestoreConfig:
         if self.checkpoint_every > self.steps:
             raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be ≤ steps ({self.steps})")
         return self

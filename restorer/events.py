@@ -50,7 +50,7 @@ class Checkpoint:
     raw_score: float  # the metric's own value
     decision: Decision
     elapsed_s: float
-    estimate: "torch.Tensor | None" = field(default=None, repr=False, compare=False)
+    estimate: torch.Tensor | None = field(default=None, repr=False, compare=False)
     """x̂0 at this checkpoint, (1, 3, H, W) in [0, 1], cropped to the sampled input size, on the CPU."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,7 +71,7 @@ class Checkpoint:
 class RestoreResult:
     """What one restoration produced, plus everything a report needs."""
 
-    image: "Image.Image"
+    image: Image.Image
     steps_run: int
     rounds: int
     early_exit: bool

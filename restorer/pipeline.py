@@ -15,10 +15,10 @@ from PIL import Image
 
 from . import denoise, haze, images, tone
 from .config import RestoreConfig, resolve_config
-from .errors import ConfigError
-from .events import RestoreResult
 from .denoise import noise_sigma
 from .detail import restore_detail, restore_detail_wavelet
+from .errors import ConfigError
+from .events import RestoreResult
 from .guidance import DegradationGuidance
 from .judge import QualityJudge, load_judge
 from .losses import PerceptualLoss, load_perceptual
@@ -37,7 +37,7 @@ class Restorer:
 
     @classmethod
     def load(cls, model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: Dtype = "fp32",
-             judge: str = "auto", perceptual: str = "auto") -> "Restorer":
+             judge: str = "auto", perceptual: str = "auto") -> Restorer:
         """Load everything once (the worker calls this at start, never per job)."""
         prior = load_prior(model, device, dtype)
         return cls(prior, load_judge(judge, prior.device), load_perceptual(perceptual, prior.device))
@@ -65,7 +65,7 @@ class Restorer:
         on_checkpoint: CheckpointCallback | None = None,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
-    ) -> "PreparedRestore":
+    ) -> PreparedRestore:
         """Set up one restoration (geometry, x_lq, φ, z_T) for a `BatchSampler`; nothing is sampled yet."""
         cfg = config or resolve_config()
         if cfg.perceptual == "on" and self.perceptual is None:
@@ -110,7 +110,7 @@ class Restorer:
         on_checkpoint: CheckpointCallback | None = None,
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
-    ) -> list["Outcome"]:
+    ) -> list[Outcome]:
         """Restore several images in shared batches (all at once by default); one outcome per job, in order.
 
         A failure or cancel ends only its own job. Callbacks, when given, are shared by every job.
@@ -235,7 +235,7 @@ class Outcome:
     error: BaseException | None
 
     @classmethod
-    def of(cls, prepared: PreparedRestore) -> "Outcome":
+    def of(cls, prepared: PreparedRestore) -> Outcome:
         try:
             return cls(prepared.result(), None)
         except Exception as exc:

@@ -188,7 +188,7 @@ def load_prior(model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: D
         cond = _empty_prompt_embedding(path, dev, torch_dtype) if unet_cls == CONDITIONAL_UNET else None
     except ModelLoadError:
         raise
-    except (OSError, ValueError, EnvironmentError) as exc:  # diffusers/hub raise these for missing weights
+    except (OSError, ValueError) as exc:  # diffusers/hub raise these for missing weights
         raise ModelLoadError(_missing_message(model, exc)) from exc
 
     if sched.config.prediction_type != "epsilon":

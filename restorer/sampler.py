@@ -15,8 +15,8 @@ batching) and leave when they finish, fail or are canceled; one image is a batch
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 

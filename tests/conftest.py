@@ -62,7 +62,7 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator["redis.Redis"]:  # noqa: F821
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:  # noqa: F821
     """A client on the test DB, flushed before the test (only that DB)."""
     import redis
 

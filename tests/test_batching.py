@@ -7,12 +7,12 @@ other's output, that runs can join between steps, and that a failure or cancel e
 import numpy as np
 import pytest
 import torch
+from restorer_helpers import random_image
 
 from restorer import RestoreCanceled, Restorer, resolve_config
 from restorer.judge import load_judge
 from restorer.prior import load_prior
 from restorer.sampler import BatchSampler
-from restorer_helpers import random_image
 
 FAST = {"steps": 8, "checkpoint_every": 2, "min_guided_intervals": 1, "dqr": "on"}
 # one level of 8-bit rounding: batched and solo convolutions may sum in a different order

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import free_port, image_bytes
+
 from service.client import (
     Conflict,
     NotFound,

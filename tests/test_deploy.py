@@ -656,7 +656,7 @@ def test_compose_prometheus_mounts(compose):
         in_container = os.path.normpath(os.path.join(os.path.dirname(config_path), rule_file))
         assert in_container in mounts, f"rule file {rule_file} resolves to {in_container}, which is not mounted"
         assert (ROOT / mounts[in_container]).is_file()
-    for src, dst in volume_mounts(prom):
+    for src, _dst in volume_mounts(prom):
         if src.startswith("."):
             assert (ROOT / src).exists(), f"{src} does not exist"
 

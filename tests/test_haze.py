@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from restorer_helpers import random_image
 
 from restorer import Restorer, haze
 from restorer.config import resolve_config
 from restorer.images import pil_to_tensor
 from restorer.judge import load_judge
 from restorer.prior import load_prior
-
-from restorer_helpers import random_image
 
 DEFAULTS = resolve_config()
 

@@ -1,12 +1,12 @@
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.common import DEFAULT_WEIGHTS_ROOT
 from restorer.errors import JudgeUnavailableError
 from restorer.judge import load_judge
 
-NIQE_PARAMS = Path(__file__).resolve().parents[2] / "shared/weights/niqe_matlab_release/modelparameters.mat"
+NIQE_PARAMS = DEFAULT_WEIGHTS_ROOT / "niqe_matlab_release/modelparameters.mat"
 
 
 def test_piqe_is_normalised_higher_better_in_unit_range():

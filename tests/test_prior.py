@@ -1,8 +1,8 @@
 import pytest
 import torch
+from tiny_models import make_tiny_sd
 
 from restorer import ModelLoadError, load_prior
-from tiny_models import make_tiny_sd
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,17 @@ noise and low light + noise are restored clearly above the input, and a clean ph
 the prior's own autoencoder reconstruction of it ("do no harm").
 """
 
-from pathlib import Path
-
 import pytest
 import torch
 from PIL import Image
 
-from restorer.degradations import degrade
-from restorer.images import centre_crop
+from benchmarks.common import DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS_ROOT
 from restorer import Restorer, resolve_config
-from restorer.images import pil_to_tensor
+from restorer.degradations import degrade
+from restorer.images import centre_crop, pil_to_tensor
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MINI_LDM = SHARED / "weights" / "mini-ldm"
-KODAK = SHARED / "data" / "kodak24"
+MINI_LDM = DEFAULT_WEIGHTS_ROOT / "mini-ldm"  # UPZIR_WEIGHTS_ROOT / UPZIR_DATA_ROOT move them
+KODAK = DEFAULT_DATA_ROOT / "kodak24"
 CROP = 128
 MIN_GAIN_DB = 2.0
 """'Clearly above the degraded input' (issue #11's bar); measured gains are ~4–6 dB."""

@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
-import torch
+from restorer_helpers import random_image, rising_judge, scripted_judge
+from tiny_models import make_tiny_sd
 
 from restorer import Decision, RestoreCanceled, Restorer, resolve_config
 from restorer.images import tensor_to_pil
 from restorer.judge import load_judge
 from restorer.prior import load_prior
-from restorer_helpers import random_image, rising_judge, scripted_judge
-from tiny_models import make_tiny_sd
 
 FAST = {"steps": 8, "checkpoint_every": 2, "judge": "auto", "dqr": "on"}
 

@@ -16,9 +16,8 @@ import zlib
 
 import httpx
 import pytest
-from PIL import Image
-
 from conftest import image_bytes
+from PIL import Image
 
 CAP = 200_000
 """Upload cap of this module's API (small, so oversize bodies are cheap to send)."""

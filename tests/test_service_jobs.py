@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import image_bytes
+
 from jobs.record import EventType, JobStatus
-from jobs.store import JobStore
 from jobs.settings import Settings
+from jobs.store import JobStore
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from conftest import image_bytes, wait_for
+
 from service.client import RestoreClient, ServiceUnavailable
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 from restorer import Restorer, resolve_config
+from restorer.denoise import shrink_noise
 from restorer.judge import load_judge
 from restorer.prior import load_prior
-from restorer.denoise import shrink_noise
 from restorer.tone import correct_exposure, exposure_gamma, white_level
 
 

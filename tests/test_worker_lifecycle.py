@@ -8,10 +8,10 @@ import sys
 import time
 
 import pytest
-
 from conftest import image_bytes, wait_for
-from service.client import RestoreClient
+
 from jobs.settings import Settings
+from service.client import RestoreClient
 
 pytestmark = pytest.mark.slow
 

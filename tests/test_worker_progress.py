@@ -7,12 +7,12 @@ import json
 from types import SimpleNamespace
 
 import torch
+from conftest import image_bytes
 from PIL import Image
 
-from conftest import image_bytes
-from restorer.events import Checkpoint, Decision
-from jobs.store import JobStore
 from jobs.settings import Settings
+from jobs.store import JobStore
+from restorer.events import Checkpoint, Decision
 from worker.metrics import WorkerMetrics
 from worker.progress import ProgressWriter, preview_png
 

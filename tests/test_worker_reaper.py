@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from conftest import image_bytes, wait_for
-from jobs.store import JobStore
-from jobs.settings import Settings
+
 from jobs.reaper import Reaper, reap
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 
 def make(redis_url: str, **overrides) -> tuple[JobStore, Settings]:

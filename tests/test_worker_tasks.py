@@ -4,11 +4,11 @@ the outcomes that are hard to provoke from outside (timeout, corrupt input, shut
 from __future__ import annotations
 
 import pytest
-
 from conftest import image_bytes
+
 from jobs.queue import rq_id
-from jobs.store import JobStore
 from jobs.settings import Settings
+from jobs.store import JobStore
 from worker import tasks
 from worker.metrics import WorkerMetrics
 

@@ -25,7 +25,7 @@ class JobTooLarge(Exception):
 
 
 class MemoryBudget:
-    def __init__(self, capacity_bytes: int | None, bytes_per_pixel: float, device: "torch.device") -> None:
+    def __init__(self, capacity_bytes: int | None, bytes_per_pixel: float, device: torch.device) -> None:
         import torch
 
         self.capacity, self.bytes_per_pixel, self.device = capacity_bytes, bytes_per_pixel, device
@@ -33,7 +33,7 @@ class MemoryBudget:
         self.baseline = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
     @classmethod
-    def for_device(cls, device: "torch.device", settings: Settings) -> "MemoryBudget":
+    def for_device(cls, device: torch.device, settings: Settings) -> MemoryBudget:
         """Capacity from the setting, else (CUDA) the device's share minus what the model holds, else none."""
         import torch
 

@@ -136,7 +136,7 @@ def memory_budget(rt: Runtime) -> MemoryBudget:
     return rt.budget
 
 
-def _admit(rt: Runtime, batch: Any, budget: MemoryBudget, members: dict[int, "JobAttempt"]) -> None:
+def _admit(rt: Runtime, batch: Any, budget: MemoryBudget, members: dict[int, JobAttempt]) -> None:
     """Claim queued jobs whose canvas matches the batch's (they share its UNet calls) while room and memory last."""
     room = rt.settings.max_batch - batch.active
     if room <= 0 or not members or rt.stopping.is_set():  # a stopping worker finishes what it has, takes no more
