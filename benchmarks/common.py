@@ -78,10 +78,15 @@ def machine(device: str) -> dict[str, Any]:
 
 
 def header_md(title: str, info: dict[str, Any], cmd: str) -> str:
-    lines = [f"# {title}", "", f"- date: {info['date']}",
-             f"- machine: {info['platform']}, {info['cpu_count']} CPUs, torch {info['torch']} "
-             f"({info['torch_threads']} threads), device {info['device']}" + (f" ({info['gpu']})" if "gpu" in info else ""),
-             f"- command: `{cmd}`", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"- date: {info['date']}",
+        f"- machine: {info['platform']}, {info['cpu_count']} CPUs, torch {info['torch']} "
+        f"({info['torch_threads']} threads), device {info['device']}" + (f" ({info['gpu']})" if "gpu" in info else ""),
+        f"- command: `{cmd}`",
+        "",
+    ]
     return "\n".join(lines)
 
 

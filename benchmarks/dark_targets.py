@@ -46,8 +46,12 @@ def score(variant: str, crops: list[tuple[str, torch.Tensor, np.ndarray]]) -> di
     per: dict[str, list[tuple[float, float]]] = {}
     for family, x, clean in crops:
         out = correct_before_sampling(x, cfg).image[0].permute(1, 2, 0).double().numpy()
-        per.setdefault(family, []).append((peak_signal_noise_ratio(clean, out, data_range=1),
-                                           structural_similarity(clean, out, data_range=1, channel_axis=-1)))
+        per.setdefault(family, []).append(
+            (
+                peak_signal_noise_ratio(clean, out, data_range=1),
+                structural_similarity(clean, out, data_range=1, channel_axis=-1),
+            )
+        )
     return {f: tuple(np.mean(v, axis=0).tolist()) for f, v in per.items()}  # type: ignore[misc]
 
 
@@ -56,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--images", type=int, default=16, help="first N images of each tuning set")
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--variants", default=" ".join(VARIANTS),
-                   help="space-separated override sets (k=v;k=v), or 'default'")
+    p.add_argument(
+        "--variants", default=" ".join(VARIANTS), help="space-separated override sets (k=v;k=v), or 'default'"
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
@@ -72,18 +77,27 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for variant in args.variants.split():
         res = score(variant, crops)
-        rows.append({"variant": variant, **{f: {"psnr": v[0], "ssim": v[1]} for f, v in res.items()},
-                     "mean_psnr": float(np.mean([v[0] for v in res.values()])),
-                     "mean_ssim": float(np.mean([v[1] for v in res.values()]))})
+        rows.append(
+            {
+                "variant": variant,
+                **{f: {"psnr": v[0], "ssim": v[1]} for f, v in res.items()},
+                "mean_psnr": float(np.mean([v[0] for v in res.values()])),
+                "mean_ssim": float(np.mean([v[1] for v in res.values()])),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     cmd = command_line() if argv is None else "python -m benchmarks.dark_targets " + " ".join(argv)
     write_json(args.out / "summary.json", {"images": [f.stem for f in files], "size": args.size, "rows": rows})
-    lines = [header_md("Dark targets before sampling", machine("cpu"), cmd),
-             f"{len(files)} tuning crops ({args.size}²) × {', '.join(DARK_FAMILIES)}; PSNR dB / SSIM of the target "
-             "the sampler is asked to match, mean over crops.", "",
-             "| variant | " + " | ".join(DARK_FAMILIES) + " | mean |", "|---" * (len(DARK_FAMILIES) + 2) + "|"]
+    lines = [
+        header_md("Dark targets before sampling", machine("cpu"), cmd),
+        f"{len(files)} tuning crops ({args.size}²) × {', '.join(DARK_FAMILIES)}; PSNR dB / SSIM of the target "
+        "the sampler is asked to match, mean over crops.",
+        "",
+        "| variant | " + " | ".join(DARK_FAMILIES) + " | mean |",
+        "|---" * (len(DARK_FAMILIES) + 2) + "|",
+    ]
     for r in rows:
         cells = [f"{r[f]['psnr']:.2f} / {r[f]['ssim']:.3f}" for f in DARK_FAMILIES]
         lines.append(f"| `{r['variant']}` | " + " | ".join(cells) + f" | {r['mean_psnr']:.2f} / {r['mean_ssim']:.3f} |")

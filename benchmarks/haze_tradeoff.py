@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
-    clean = [to_array(centre_crop(Image.open(f), args.size))
-             for f in list_images(args.data_root / "bsds500_clean" / "train", args.clean)]
+    clean = [
+        to_array(centre_crop(Image.open(f), args.size))
+        for f in list_images(args.data_root / "bsds500_clean" / "train", args.clean)
+    ]
     hazy = []
     for f in list_images(args.data_root / "cbsd68_even", args.hazy):
         c = centre_crop(Image.open(f), args.size)
@@ -72,10 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         for sat_max in np.arange(0.05, 0.6, 0.02):
             fp = float(((cs[:, 0] > dark_min) & (cs[:, 1] < sat_max)).mean())
             tp = float(((hs[:, 0] > dark_min) & (hs[:, 1] < sat_max)).mean())
-            gates.append({"dark_min": round(float(dark_min), 2), "sat_max": round(float(sat_max), 2), "clean_flagged": fp,
-                          "hazy_caught": tp})
-    best_gates = {str(b): max((g for g in gates if g["clean_flagged"] <= b), key=lambda g: g["hazy_caught"])
-                  for b in CLEAN_FALSE_POSITIVE_BUDGET}
+            gates.append(
+                {
+                    "dark_min": round(float(dark_min), 2),
+                    "sat_max": round(float(sat_max), 2),
+                    "clean_flagged": fp,
+                    "hazy_caught": tp,
+                }
+            )
+    best_gates = {
+        str(b): max((g for g in gates if g["clean_flagged"] <= b), key=lambda g: g["hazy_caught"])
+        for b in CLEAN_FALSE_POSITIVE_BUDGET
+    }
 
     haze_in = np.array([psnr(x, c) for x, c in hazy])
     strengths = []
@@ -83,9 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         for share in PATCH_SHARES:
             cp = np.array([psnr(dark_channel_prior(x, omega, share), x) for x in clean])
             hp = np.array([psnr(dark_channel_prior(x, omega, share), c) for x, c in hazy])
-            strengths.append({"omega": omega, "patch_share": round(share, 4), "haze_gain_db": float((hp - haze_in).mean()),
-                              "clean_mean_db": float(cp.mean()), "clean_p5_db": float(np.percentile(cp, 5)),
-                              "clean_min_db": float(cp.min())})
+            strengths.append(
+                {
+                    "omega": omega,
+                    "patch_share": round(share, 4),
+                    "haze_gain_db": float((hp - haze_in).mean()),
+                    "clean_mean_db": float(cp.mean()),
+                    "clean_p5_db": float(np.percentile(cp, 5)),
+                    "clean_min_db": float(cp.min()),
+                }
+            )
 
     cfg = RestoreConfig()
     gate = (cfg.dehaze_gate_dark, cfg.dehaze_gate_saturation)
@@ -93,29 +110,61 @@ def main(argv: list[str] | None = None) -> int:
     flag_h = [st.hazy(*gate) for st in hazy_stats]
     gated = []
     for omega in OMEGAS:
-        gain = [psnr(dark_channel_prior(x, omega, cfg.dehaze_patch), c) - psnr(x, c) if f else 0.0
-                for (x, c), f in zip(hazy, flag_h)]
+        gain = [
+            psnr(dark_channel_prior(x, omega, cfg.dehaze_patch), c) - psnr(x, c) if f else 0.0
+            for (x, c), f in zip(hazy, flag_h)
+        ]
         kept = [psnr(dark_channel_prior(x, omega, cfg.dehaze_patch), x) for x, f in zip(clean, flag_c) if f]
-        gated.append({"omega": omega, "haze_gain_db": float(np.mean(gain)),
-                      "flagged_clean_db": [round(v, 1) for v in kept]})
+        gated.append(
+            {"omega": omega, "haze_gain_db": float(np.mean(gain)), "flagged_clean_db": [round(v, 1) for v in kept]}
+        )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"haze_input_db": float(haze_in.mean()), "best_gates": best_gates,
-                                                       "strengths": strengths, "gated": gated}, indent=2))
-    lines = [f"# Haze: gate or strength (tuning crops, {args.size}²)", "",
-             f"Hazy crops: {len(hazy)} (cbsd68_even, input {haze_in.mean():.2f} dB); clean crops: {len(clean)} "
-             "(bsds500_clean/train).", "", "## Best blind gate for a clean-photo false-positive budget", "",
-             "| clean flagged ≤ | dark channel > | saturation < | clean flagged | hazy caught |", "|---|---|---|---|---|"]
-    lines += [f"| {b} | {g['dark_min']} | {g['sat_max']} | {g['clean_flagged']:.1%} | {g['hazy_caught']:.1%} |"
-              for b, g in best_gates.items()]
-    lines += ["", "## The dark channel prior at strength ω on every input", "",
-              "| ω | patch | haze gain dB | clean PSNR mean / p5 / worst |", "|---|---|---|---|"]
-    lines += [f"| {s['omega']} | {s['patch_share']} | {s['haze_gain_db']:+.2f} | {s['clean_mean_db']:.1f} / "
-              f"{s['clean_p5_db']:.1f} / {s['clean_min_db']:.1f} |" for s in strengths]
-    lines += ["", f"## The default gate, then the DCP at strength ω (window {cfg.dehaze_patch:.3f} of the side)", "",
-              f"Flagged: {sum(flag_h)} of {len(hazy)} hazy, {sum(flag_c)} of {len(clean)} clean crops.", "",
-              "| ω | haze gain dB (all hazy crops) | flagged clean crops keep (dB) |", "|---|---|---|"]
-    lines += [f"| {g['omega']} | {g['haze_gain_db']:+.2f} | {', '.join(map(str, g['flagged_clean_db']))} |" for g in gated]
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {"haze_input_db": float(haze_in.mean()), "best_gates": best_gates, "strengths": strengths, "gated": gated},
+            indent=2,
+        )
+    )
+    lines = [
+        f"# Haze: gate or strength (tuning crops, {args.size}²)",
+        "",
+        f"Hazy crops: {len(hazy)} (cbsd68_even, input {haze_in.mean():.2f} dB); clean crops: {len(clean)} "
+        "(bsds500_clean/train).",
+        "",
+        "## Best blind gate for a clean-photo false-positive budget",
+        "",
+        "| clean flagged ≤ | dark channel > | saturation < | clean flagged | hazy caught |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {b} | {g['dark_min']} | {g['sat_max']} | {g['clean_flagged']:.1%} | {g['hazy_caught']:.1%} |"
+        for b, g in best_gates.items()
+    ]
+    lines += [
+        "",
+        "## The dark channel prior at strength ω on every input",
+        "",
+        "| ω | patch | haze gain dB | clean PSNR mean / p5 / worst |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['omega']} | {s['patch_share']} | {s['haze_gain_db']:+.2f} | {s['clean_mean_db']:.1f} / "
+        f"{s['clean_p5_db']:.1f} / {s['clean_min_db']:.1f} |"
+        for s in strengths
+    ]
+    lines += [
+        "",
+        f"## The default gate, then the DCP at strength ω (window {cfg.dehaze_patch:.3f} of the side)",
+        "",
+        f"Flagged: {sum(flag_h)} of {len(hazy)} hazy, {sum(flag_c)} of {len(clean)} clean crops.",
+        "",
+        "| ω | haze gain dB (all hazy crops) | flagged clean crops keep (dB) |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {g['omega']} | {g['haze_gain_db']:+.2f} | {', '.join(map(str, g['flagged_clean_db']))} |" for g in gated
+    ]
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -35,8 +35,16 @@ def profile_batch(restorer: Any, image: Any, n: int, steps: int, warmup: int, de
     from restorer.sampler import PHASE_PREFIX
 
     # every step guided, no checkpoint inside the profiled window except one judge call at the end
-    cfg = lambda i: resolve_config("fast", {"steps": warmup + steps, "checkpoint_every": warmup + steps,  # noqa: E731
-                                            "guidance_start_t": 1000, "dqr": "off", "seed": i})
+    cfg = lambda i: resolve_config(
+        "fast",
+        {
+            "steps": warmup + steps,
+            "checkpoint_every": warmup + steps,  # noqa: E731
+            "guidance_start_t": 1000,
+            "dqr": "off",
+            "seed": i,
+        },
+    )
     batch = restorer.batch(n)
     prepared = [restorer.prepare(image, cfg(i)) for i in range(n)]
     for p in prepared:
@@ -110,17 +118,30 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(profile_batch(restorer, image, n, args.steps, args.warmup, args.device))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     info = machine(args.device)
-    meta = {"model": args.arch or args.model, "weights": weights, "size": args.size, "dtype": args.dtype,
-            "input": image_desc, "steps_profiled": args.steps, "perceptual": "off"}
+    meta = {
+        "model": args.arch or args.model,
+        "weights": weights,
+        "size": args.size,
+        "dtype": args.dtype,
+        "input": image_desc,
+        "steps_profiled": args.steps,
+        "perceptual": "off",
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "profile.json", {"machine": info, "command": cmd, **meta, "rows": rows})
     md = [header_md("Step profile", info, cmd)] + [f"- {k}: {v}" for k, v in meta.items()]
-    md += ["", "| batch | ms/step | ms/image-step | " + " | ".join(PHASES) + " | unlabelled ms |",
-           "|---|---|---|" + "---|" * len(PHASES) + "---|"]
+    md += [
+        "",
+        "| batch | ms/step | ms/image-step | " + " | ".join(PHASES) + " | unlabelled ms |",
+        "|---|---|---|" + "---|" * len(PHASES) + "---|",
+    ]
     for r in rows:
         cells = [f"{fmt(r['phase_ms_per_step'][k], 0)} ({100 * r['phase_share'][k]:.0f}%)" for k in PHASES]
-        md.append(f"| {r['batch']} | {fmt(r['wall_ms_per_step'], 0)} | {fmt(r['wall_ms_per_image_step'], 0)} | "
-                  + " | ".join(cells) + f" | {fmt(r['unlabelled_ms_per_step'], 0)} |")
+        md.append(
+            f"| {r['batch']} | {fmt(r['wall_ms_per_step'], 0)} | {fmt(r['wall_ms_per_image_step'], 0)} | "
+            + " | ".join(cells)
+            + f" | {fmt(r['unlabelled_ms_per_step'], 0)} |"
+        )
     (args.out / "profile.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

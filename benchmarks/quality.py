@@ -90,7 +90,9 @@ def fit_longer_side(img: Image.Image, size: int) -> Image.Image:
 
 
 def list_images(folder: Path, n: int) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+    )
     if not files:
         raise SystemExit(f"no images in {folder}")
     return files[:n]
@@ -170,8 +172,15 @@ def ae_reconstruction(restorer: Any, clean: Image.Image) -> Image.Image:
 # --- resume -------------------------------------------------------------------------------------------
 def row_key(row: dict[str, Any]) -> tuple:
     """Rows match only under the same sampler config, so a resumed run never mixes in stale defaults."""
-    return (row["dataset"], row["image"], row["size"], row["degradation"], row["method"], row.get("set", ""),
-            row.get("config_hash", ""))
+    return (
+        row["dataset"],
+        row["image"],
+        row["size"],
+        row["degradation"],
+        row["method"],
+        row.get("set", ""),
+        row.get("config_hash", ""),
+    )
 
 
 LATER_FIELDS = ("pcdm_fused",)
@@ -207,8 +216,15 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 # --- summary ------------------------------------------------------------------------------------------
-def summarise(rows: list[dict[str, Any]], methods: list[str], degradations: list[str], metric_names: list[str],
-              info: dict[str, Any], cmd: str, meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def summarise(
+    rows: list[dict[str, Any]],
+    methods: list[str],
+    degradations: list[str],
+    metric_names: list[str],
+    info: dict[str, Any],
+    cmd: str,
+    meta: dict[str, Any],
+) -> tuple[dict[str, Any], str]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["degradation"], r["method"])].append(r)
@@ -235,21 +251,27 @@ def summarise(rows: list[dict[str, Any]], methods: list[str], degradations: list
     md = [header_md("Quality benchmark", info, cmd)]
     for k, v in meta.items():
         md.append(f"- {k}: {v}")
-    md += ["", "Means per degradation × method (PSNR ± its spread over images, then the worst image). `input` is "
-           "the degraded image itself; `ae` the prior's autoencoder on the clean crop (a latent method's ceiling); "
-           "s/img, steps, rounds and early exit are per restoration; pick / last / best are the PSNR of DQR's "
-           "returned x̂0, of the last checkpoint and of the best checkpoint in hindsight (before the detail step).", "",
-           "| degradation | method | n | " + " | ".join(cols) + " | PSNR ± | PSNR min | s/img | steps | rounds | "
-           "early exit | pick / last / best |",
-           "|---|---|---|" + "---|" * (len(cols) + 7)]
+    md += [
+        "",
+        "Means per degradation × method (PSNR ± its spread over images, then the worst image). `input` is "
+        "the degraded image itself; `ae` the prior's autoencoder on the clean crop (a latent method's ceiling); "
+        "s/img, steps, rounds and early exit are per restoration; pick / last / best are the PSNR of DQR's "
+        "returned x̂0, of the last checkpoint and of the best checkpoint in hindsight (before the detail step).",
+        "",
+        "| degradation | method | n | " + " | ".join(cols) + " | PSNR ± | PSNR min | s/img | steps | rounds | "
+        "early exit | pick / last / best |",
+        "|---|---|---|" + "---|" * (len(cols) + 7),
+    ]
     for e in table:
         digits = {"psnr": 2, "ssim": 4, "lpips": 4, "piqe": 2, "niqe": 3}
-        md.append(f"| {e['degradation']} | {e['method']} | {e['n']} | "
-                  + " | ".join(fmt(e[m], digits.get(m, 3)) for m in metric_names)
-                  + f" | {fmt(e['psnr_std'])} | {fmt(e['psnr_min'])}"
-                  + f" | {fmt(e['seconds'], 1)} | {fmt(e['steps_run'], 1)} | {fmt(e['rounds'], 2)} | "
-                  + (f"{e['early_exit_rate']:.0%}" if e["early_exit_rate"] is not None else "n/a")
-                  + f" | {fmt(e['psnr_pick'])} / {fmt(e['psnr_last'])} / {fmt(e['psnr_best'])} |")
+        md.append(
+            f"| {e['degradation']} | {e['method']} | {e['n']} | "
+            + " | ".join(fmt(e[m], digits.get(m, 3)) for m in metric_names)
+            + f" | {fmt(e['psnr_std'])} | {fmt(e['psnr_min'])}"
+            + f" | {fmt(e['seconds'], 1)} | {fmt(e['steps_run'], 1)} | {fmt(e['rounds'], 2)} | "
+            + (f"{e['early_exit_rate']:.0%}" if e["early_exit_rate"] is not None else "n/a")
+            + f" | {fmt(e['psnr_pick'])} / {fmt(e['psnr_last'])} / {fmt(e['psnr_best'])} |"
+        )
     md += pivot_md(table, methods, degradations)
     return summary, "\n".join(md) + "\n"
 
@@ -258,8 +280,13 @@ def pivot_md(table: list[dict[str, Any]], methods: list[str], degradations: list
     """The same means as one grid: a row per degradation, a column per method, 'PSNR / SSIM' in each cell."""
     cell = {(e["degradation"], e["method"]): e for e in table}
     shown = [m for m in methods if any((d, m) in cell for d in degradations)]
-    lines = ["", "PSNR dB / SSIM, mean over images:", "",
-             "| degradation | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+    lines = [
+        "",
+        "PSNR dB / SSIM, mean over images:",
+        "",
+        "| degradation | " + " | ".join(shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
     for d in degradations:
         row = []
         for m in shown:
@@ -277,10 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--size", type=int, default=128, help="centre-crop size (LOL: longer side resized to this)")
     p.add_argument("--images", type=int, default=3, help="first N images, sorted by name")
-    p.add_argument("--degradations",
-                   default="clean,noise15,noise25,noise50,lowlight,haze,lowlight+noise,lowlight+haze+noise")
-    p.add_argument("--methods", default="input,ae,full,bm3d,gamma,dcp,gamma+bm3d",
-                   help="comma-separated; an override set uses ';' between its keys (e.g. 'dqr=off;kappa=1000')")
+    p.add_argument(
+        "--degradations", default="clean,noise15,noise25,noise50,lowlight,haze,lowlight+noise,lowlight+haze+noise"
+    )
+    p.add_argument(
+        "--methods",
+        default="input,ae,full,bm3d,gamma,dcp,gamma+bm3d",
+        help="comma-separated; an override set uses ';' between its keys (e.g. 'dqr=off;kappa=1000')",
+    )
     p.add_argument("--set", dest="set_", default="", help="overrides applied to every method: k=v,k=v")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (degradation seeds derive from image names)")
     p.add_argument("--device", default="cpu")
@@ -288,12 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default="piqe", help="DQR judge (pyiqa name, or auto)")
     p.add_argument("--perceptual", default="off", choices=["auto", "on", "off"])
     p.add_argument("--lol", action="store_true", help="real low-light inputs, no-reference scores (PIQE, NIQE)")
-    p.add_argument("--niqe-params", type=Path,
-                   default=DEFAULT_WEIGHTS_ROOT / "niqe_matlab_release" / "modelparameters.mat")
+    p.add_argument(
+        "--niqe-params", type=Path, default=DEFAULT_WEIGHTS_ROOT / "niqe_matlab_release" / "modelparameters.mat"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--summary-only", action="store_true",
-                   help="restore nothing: rewrite summary.json/summary.md from the rows already in results.jsonl")
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="restore nothing: rewrite summary.json/summary.md from the rows already in results.jsonl",
+    )
     return p
 
 
@@ -335,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = Metrics(tuple(metric_names), args.niqe_params)
     restorer = None
     if (configs or AE_CEILING in methods) and not args.summary_only:
-        restorer = Restorer.load(args.model, device=args.device, dtype=args.dtype, judge=args.judge,
-                                 perceptual=args.perceptual)
+        restorer = Restorer.load(
+            args.model, device=args.device, dtype=args.dtype, judge=args.judge, perceptual=args.perceptual
+        )
 
     jobs = [(f, d, m) for f in files for d in degradations for m in methods]
     hashes = {m: config_hash(configs.get(m)) for m in methods}
@@ -351,29 +387,54 @@ def main(argv: list[str] | None = None) -> int:
                 lq, clean = fit_longer_side(src, args.size), None
             else:
                 lq, clean = degrade(centre_crop(src, args.size), deg, f.stem)
-            row: dict[str, Any] = {"dataset": dataset, "image": f.stem, "size": args.size, "degradation": deg,
-                                   "method": method, "set": set_str, "config_hash": hashes[method]}
+            row: dict[str, Any] = {
+                "dataset": dataset,
+                "image": f.stem,
+                "size": args.size,
+                "degradation": deg,
+                "method": method,
+                "set": set_str,
+                "config_hash": hashes[method],
+            }
             if method == "input":
                 out = lq
                 row.update(steps_run=None, rounds=None, early_exit=None, seconds=None, final_score=None)
             elif method in BASELINES or method == AE_CEILING:
                 t0 = time.perf_counter()
-                out = ae_reconstruction(restorer, clean) if method == AE_CEILING else \
-                    to_pil(BASELINES[method](to_array(lq)))
-                row.update(steps_run=None, rounds=None, early_exit=None, final_score=None,
-                           seconds=round(time.perf_counter() - t0, 3))
+                out = (
+                    ae_reconstruction(restorer, clean)
+                    if method == AE_CEILING
+                    else to_pil(BASELINES[method](to_array(lq)))
+                )
+                row.update(
+                    steps_run=None,
+                    rounds=None,
+                    early_exit=None,
+                    final_score=None,
+                    seconds=round(time.perf_counter() - t0, 3),
+                )
             else:
                 t0 = time.perf_counter()
                 res = restorer.restore(lq, configs[method])
                 out = res.image
-                row.update(steps_run=res.steps_run, rounds=res.rounds, early_exit=res.early_exit,
-                           seconds=round(time.perf_counter() - t0, 3), final_score=res.final_score,
-                           terms=res.terms, judge=res.judge, config=res.config, tone_gamma=res.tone_gamma,
-                           tone_white=res.tone_white, dehaze_transmission=res.dehaze_transmission)
+                row.update(
+                    steps_run=res.steps_run,
+                    rounds=res.rounds,
+                    early_exit=res.early_exit,
+                    seconds=round(time.perf_counter() - t0, 3),
+                    final_score=res.final_score,
+                    terms=res.terms,
+                    judge=res.judge,
+                    config=res.config,
+                    tone_gamma=res.tone_gamma,
+                    tone_white=res.tone_white,
+                    dehaze_transmission=res.dehaze_transmission,
+                )
                 if clean is not None:  # DQR's pick vs the last and the best checkpoint in hindsight (raw x̂0)
                     ck = [psnr_of(c.estimate, clean) for c in res.checkpoints]
-                    row.update(checkpoint_psnr=ck, psnr_pick=ck[res.chosen_checkpoint], psnr_last=ck[-1],
-                               psnr_best=max(ck))
+                    row.update(
+                        checkpoint_psnr=ck, psnr_pick=ck[res.chosen_checkpoint], psnr_last=ck[-1], psnr_best=max(ck)
+                    )
             row.update(metrics.score(out, clean))
             fh.write(json.dumps(row) + "\n")
             fh.flush()
@@ -381,11 +442,19 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine(args.device)
     meta = {
-        "model": args.model, "dataset": dataset, "size": args.size, "images": [f.stem for f in files],
-        "degradations": degradations, "methods": methods, "set": set_str, "seed": args.seed,
-        "judge": args.judge, "perceptual": args.perceptual,
-        "metric_notes": "pyiqa defaults: PSNR on RGB, SSIM on the Y channel" if not args.lol else
-        "pyiqa PIQE; NIQE with the MATLAB release parameters (lower is better for both)",
+        "model": args.model,
+        "dataset": dataset,
+        "size": args.size,
+        "images": [f.stem for f in files],
+        "degradations": degradations,
+        "methods": methods,
+        "set": set_str,
+        "seed": args.seed,
+        "judge": args.judge,
+        "perceptual": args.perceptual,
+        "metric_notes": "pyiqa defaults: PSNR on RGB, SSIM on the Y channel"
+        if not args.lol
+        else "pyiqa PIQE; NIQE with the MATLAB release parameters (lower is better for both)",
         "unavailable_metrics": metrics.unavailable or "none",
     }
     if restorer is not None:

@@ -35,33 +35,63 @@ from .common import DEFAULT_DATA_ROOT, command_line, fmt, header_md, machine, pa
 # --- Stable Diffusion architectures (public configs of runwayml/stable-diffusion-v1-5 and
 # stabilityai/stable-diffusion-2-1-base; only sizes and wiring, no weights) -----------------------------
 _UNET_COMMON = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    norm_num_groups=32, act_fn="silu", downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
+    norm_num_groups=32,
+    act_fn="silu",
+    downsample_padding=1,
+    flip_sin_to_cos=True,
+    freq_shift=0,
     mid_block_scale_factor=1,
 )
 ARCHS: dict[str, dict[str, Any]] = {
     "sd15": {
         "unet": {**_UNET_COMMON, "cross_attention_dim": 768, "attention_head_dim": 8},
-        "text": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                     hidden_act="quick_gelu", projection_dim=768),
+        "text": dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+        ),
         "vae_sample_size": 512,
     },
     "sd21": {
-        "unet": {**_UNET_COMMON, "cross_attention_dim": 1024, "attention_head_dim": [5, 10, 20, 20],
-                 "use_linear_projection": True},
+        "unet": {
+            **_UNET_COMMON,
+            "cross_attention_dim": 1024,
+            "attention_head_dim": [5, 10, 20, 20],
+            "use_linear_projection": True,
+        },
         # OpenCLIP ViT-H/14 text tower as diffusers ships it for SD 2.x (23 of 24 layers kept).
-        "text": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-                     hidden_act="gelu", projection_dim=512),
+        "text": dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            hidden_act="gelu",
+            projection_dim=512,
+        ),
         "vae_sample_size": 512,
     },
 }
 SD_SCHEDULER = {
-    "_class_name": "DDPMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,
-    "timestep_spacing": "leading", "set_alpha_to_one": False,
+    "_class_name": "DDPMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "set_alpha_to_one": False,
 }
 
 
@@ -83,9 +113,16 @@ def build_sd_arch(arch: str, root: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     # Stored as fp16 to halve the disk write; the loader casts to the requested dtype.
     AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=spec["vae_sample_size"], scaling_factor=0.18215,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=spec["vae_sample_size"],
+        scaling_factor=0.18215,
     ).to(torch.float16).save_pretrained(root / "vae")
     unet = UNet2DConditionModel(**spec["unet"]).to(torch.float16)
     unet.save_pretrained(root / "unet")
@@ -95,10 +132,16 @@ def build_sd_arch(arch: str, root: Path, seed: int = 0) -> Path:
     tok_cfg["model_max_length"] = 77
     (root / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     n_tok = len(json.loads((root / "tokenizer" / "vocab.json").read_text()))
-    CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, max_position_embeddings=77, bos_token_id=n_tok - 2, eos_token_id=n_tok - 1,
-        pad_token_id=n_tok - 1, **spec["text"],
-    )).to(torch.float16).save_pretrained(root / "text_encoder")
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            max_position_embeddings=77,
+            bos_token_id=n_tok - 2,
+            eos_token_id=n_tok - 1,
+            pad_token_id=n_tok - 1,
+            **spec["text"],
+        )
+    ).to(torch.float16).save_pretrained(root / "text_encoder")
     (root / "scheduler").mkdir(exist_ok=True)
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD_SCHEDULER))
     marker.write_text(json.dumps({"arch": arch, "weights": "random", "seed": seed}))
@@ -220,8 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="diffusers LDM folder or hub id")
     src.add_argument("--arch", choices=sorted(ARCHS), help="Stable Diffusion architecture with random weights")
-    p.add_argument("--arch-cache", type=Path, default=None,
-                   help="where --arch writes its random-weight model (default: a folder under the temp dir, reused)")
+    p.add_argument(
+        "--arch-cache",
+        type=Path,
+        default=None,
+        help="where --arch writes its random-weight model (default: a folder under the temp dir, reused)",
+    )
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--presets", default="fast,balanced")
     p.add_argument("--set", dest="set_", default="", help="overrides on every preset: k=v,k=v (e.g. steps=2)")
@@ -253,13 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.arch:
         cache = args.arch_cache or Path(tempfile.gettempdir()) / f"upzir-bench-{args.arch}-random"
         model_path, weights = str(build_sd_arch(args.arch, cache)), "random weights"
-        print(f"built {args.arch} architecture (random weights) in {cache} ({time.perf_counter() - t0:.0f} s)",
-              file=sys.stderr)
+        print(
+            f"built {args.arch} architecture (random weights) in {cache} ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
     else:
         model_path, weights = args.model, "trained weights (as loaded from --model)"
     t1 = time.perf_counter()
-    restorer = Restorer.load(model_path, device=args.device, dtype=args.dtype, judge=args.judge,
-                             perceptual=args.perceptual)
+    restorer = Restorer.load(
+        model_path, device=args.device, dtype=args.dtype, judge=args.judge, perceptual=args.perceptual
+    )
     load_s = time.perf_counter() - t1
     image, image_desc = test_image(args.size, args.data_root)
     if not args.no_warmup:  # first-call costs (allocator, kernels, lazy init) out of the figures
@@ -269,29 +319,44 @@ def main(argv: list[str] | None = None) -> int:
     for pr in presets:
         for n, batched in runs:
             print(f"preset {pr}, {n} {'batched' if batched else 'concurrent'} ...", file=sys.stderr, flush=True)
-            r = run_batch(restorer, image, lambda i, pr=pr: resolve_config(pr, {**overrides, "seed": i}), n,
-                          args.device, batched)
+            r = run_batch(
+                restorer, image, lambda i, pr=pr: resolve_config(pr, {**overrides, "seed": i}), n, args.device, batched
+            )
             rows.append({"preset": pr, **r})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
     info = machine(args.device)
-    meta = {"model": args.arch or args.model, "weights": weights, "size": args.size, "dtype": args.dtype,
-            "input": image_desc, "set": overrides or "none", "judge": args.judge, "perceptual": args.perceptual,
-            "load_s": round(load_s, 2), "restorer": restorer.describe(),
-            "concurrency_note": "threads: N restorations in N threads; batch: N restorations in one restore_many "
-                                "(shared UNet and decoder calls); both on one loaded Restorer"}
+    meta = {
+        "model": args.arch or args.model,
+        "weights": weights,
+        "size": args.size,
+        "dtype": args.dtype,
+        "input": image_desc,
+        "set": overrides or "none",
+        "judge": args.judge,
+        "perceptual": args.perceptual,
+        "load_s": round(load_s, 2),
+        "restorer": restorer.describe(),
+        "concurrency_note": "threads: N restorations in N threads; batch: N restorations in one restore_many "
+        "(shared UNet and decoder calls); both on one loaded Restorer",
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "speed.json", {"machine": info, "command": cmd, **meta, "rows": rows})
     mem_col = "peak CUDA MB" if args.device.startswith("cuda") else "peak RSS Δ MB"
     md = [header_md("Speed benchmark", info, cmd)]
     md += [f"- {k}: {v}" for k, v in meta.items() if k != "restorer"]
-    md += ["", f"| preset | mode | N | s/img | ms/step | ms/image-step | steps | rounds | images/min | {mem_col} |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    md += [
+        "",
+        f"| preset | mode | N | s/img | ms/step | ms/image-step | steps | rounds | images/min | {mem_col} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         mem = r.get("cuda_peak_mb") if args.device.startswith("cuda") else r["rss_peak_delta_mb"]
-        md.append(f"| {r['preset']} | {r.get('mode', 'threads')} | {r['concurrent']} | {fmt(r['seconds_per_image'], 2)} | "
-                  f"{fmt(r['ms_per_step'], 0)} | {fmt(r.get('ms_per_image_step'), 0)} | {fmt(r['steps_run'], 1)} | {fmt(r['rounds'], 2)} | "
-                  f"{fmt(r['images_per_min'], 2)} | {fmt(mem, 0)} |")
+        md.append(
+            f"| {r['preset']} | {r.get('mode', 'threads')} | {r['concurrent']} | {fmt(r['seconds_per_image'], 2)} | "
+            f"{fmt(r['ms_per_step'], 0)} | {fmt(r.get('ms_per_image_step'), 0)} | {fmt(r['steps_run'], 1)} | {fmt(r['rounds'], 2)} | "
+            f"{fmt(r['images_per_min'], 2)} | {fmt(mem, 0)} |"
+        )
     (args.out / "speed.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -43,8 +43,10 @@ def main() -> None:
         degraded, _ = degrade(clean, kind, Path(args.image).stem)
         result = restorer.restore(degraded, resolve_config(None, {"seed": 0}))
         before, after = reference_scores(degraded, clean), reference_scores(result.image, clean)
-        print(f"{kind}: degraded {before['psnr']:.2f} dB / {before['ssim']:.3f} | restored {after['psnr']:.2f} dB / "
-              f"{after['ssim']:.3f} ({result.steps_run} steps, {result.seconds:.0f} s)")
+        print(
+            f"{kind}: degraded {before['psnr']:.2f} dB / {before['ssim']:.3f} | restored {after['psnr']:.2f} dB / "
+            f"{after['ssim']:.3f} ({result.steps_run} steps, {result.seconds:.0f} s)"
+        )
         rows.append(np.asarray(side_by_side([degraded, result.image, clean], scale=SCALE)))
     gap = np.full((STRIP_GAP * SCALE, rows[0].shape[1], 3), 255, dtype=np.uint8)
     strip = np.concatenate([r for row in rows for r in (row, gap)][:-1], axis=0)

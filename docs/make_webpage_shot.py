@@ -48,13 +48,19 @@ def main() -> None:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless=new", "--no-sandbox"])
         page = browser.new_page(viewport=VIEWPORT)
         page.goto(f"{args.url}/")
-        page.set_input_files("#file", files=[{"name": f"{args.image.stem}-{args.degrade}.png",
-                                              "mimeType": "image/png", "buffer": buf.getvalue()}])
+        page.set_input_files(
+            "#file",
+            files=[
+                {"name": f"{args.image.stem}-{args.degrade}.png", "mimeType": "image/png", "buffer": buf.getvalue()}
+            ],
+        )
         page.check(f"input[name=preset][value={args.preset}]")
         page.click("#submit")
         page.wait_for_selector("#result:not([hidden])", timeout=JOB_TIMEOUT_MS)
-        page.wait_for_function("() => ['before', 'after'].every(id => { const i = document.getElementById(id);"
-                               " return i.complete && i.naturalWidth > 0; })")
+        page.wait_for_function(
+            "() => ['before', 'after'].every(id => { const i = document.getElementById(id);"
+            " return i.complete && i.naturalWidth > 0; })"
+        )
         page.fill("#slider", SLIDER_AT)
         page.dispatch_event("#slider", "input")
         page.screenshot(path=str(args.out), full_page=True)

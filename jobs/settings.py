@@ -89,7 +89,8 @@ class Settings(BaseSettings):
         description="16.8 MP decompression-bomb cap (checked from the header); the sampler downscales anyway.",
     )
     upload_idle_timeout_s: float = Field(
-        10.0, gt=0,
+        10.0,
+        gt=0,
         description="Longest wait for the next chunk of an upload body (408 after it): a stalled client must not "
         "hold a buffer and a slot. A healthy client on a slow link sends something every few hundred ms.",
     )
@@ -97,12 +98,14 @@ class Settings(BaseSettings):
         120.0, gt=0, description="Whole-body deadline (408): 25 MiB at 2 Mbit/s takes 105 s."
     )
     max_concurrent_uploads: int = Field(
-        8, ge=1,
+        8,
+        ge=1,
         description="Bodies one API process reads at once; more are refused (503) at once. Bounds upload buffers "
         "to 8 × 25 MiB per process.",
     )
     max_checkpoints_per_job: int = Field(
-        200, ge=1,
+        200,
+        ge=1,
         description="A job writes a checkpoint (score + preview) every Δ steps in every DQR round: refuse (422) a "
         "job whose rounds × steps/Δ exceeds this, so one request cannot fill Redis with previews (the paper "
         "preset needs 30).",
@@ -111,7 +114,8 @@ class Settings(BaseSettings):
         100, ge=1, description="Beyond ~100 waiting jobs the wait is hours on one GPU: refuse (429) instead."
     )
     max_queue_bytes: int = Field(
-        1024 * 1024 * 1024, ge=1024 * 1024,
+        1024 * 1024 * 1024,
+        ge=1024 * 1024,
         description="Uploads waiting in the queue, in bytes: 1 GiB is half the 2 GiB `maxmemory` that compose and "
         "k8s give Redis, leaving the rest for results, previews and events (100 × 25 MiB would not fit). Refuse (429).",
     )
@@ -124,9 +128,7 @@ class Settings(BaseSettings):
 
     # --- lifetimes --------------------------------------------------------------------------------
     result_ttl_s: int = Field(3600, ge=1, description="Results live 1 h: long enough to download, not a store.")
-    failure_ttl_s: int = Field(
-        24 * 3600, ge=1, description="Failed/canceled jobs live a day so someone can read why."
-    )
+    failure_ttl_s: int = Field(24 * 3600, ge=1, description="Failed/canceled jobs live a day so someone can read why.")
     pending_ttl_s: int = Field(
         24 * 3600,
         ge=60,
@@ -160,7 +162,8 @@ class Settings(BaseSettings):
 
     # --- batching and memory (worker) ----------------------------------------------------------------
     max_batch: int = Field(
-        4, ge=1,
+        4,
+        ge=1,
         description="Jobs one worker samples together (shared UNet and decoder calls; jobs join between steps). "
         "A UNet pass costs about the same for 4 images as for 1 on an H100/H200; 1 turns batching off.",
     )
@@ -168,7 +171,8 @@ class Settings(BaseSettings):
         32, ge=1, description="How far down the queue a worker looks for jobs that can join its batch (same canvas)."
     )
     memory_budget_mb: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Accelerator memory for jobs, in MiB. None: on CUDA, gpu_memory_fraction of the device minus "
         "the loaded model; on the CPU, no limit.",
     )
@@ -176,7 +180,8 @@ class Settings(BaseSettings):
         0.9, gt=0.0, le=1.0, description="Share of the GPU a worker may fill; the rest absorbs fragmentation."
     )
     job_bytes_per_pixel: float = Field(
-        16384.0, gt=0.0,
+        16384.0,
+        gt=0.0,
         description="Memory one job needs per canvas pixel before any is measured: SD 2.1's decoder and encoder "
         "graphs in bf16 at 512² come to about 4 GiB (16 KiB/px, estimated). On CUDA the worker replaces it with "
         "the largest per-step peak it has measured.",
@@ -189,7 +194,8 @@ class Settings(BaseSettings):
         5000, ge=10, description="XREAD BLOCK per poll of the event stream; short enough to notice an expired job."
     )
     sse_max_streams: int = Field(
-        100, ge=1,
+        100,
+        ge=1,
         description="Event streams one API process serves at once; more are refused (503) before the response "
         "starts. Each holds a blocking Redis read.",
     )
@@ -197,7 +203,8 @@ class Settings(BaseSettings):
         8, ge=1, description="Streams on one job at once (a page, a client, a retry); more are refused (429)."
     )
     sse_max_duration_s: float = Field(
-        1800.0, gt=0,
+        1800.0,
+        gt=0,
         description="A stream ends after this long (the client resumes with Last-Event-ID), so abandoned streams "
         "cannot pin slots: 30 min, as job_timeout_s.",
     )
@@ -214,6 +221,12 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(10.0, gt=0, description="Per webhook POST: a receiver should just enqueue.")
     webhook_attempts: int = Field(3, ge=1, description="Webhook tries with exponential backoff before giving up.")
 
+    @field_validator("api_tokens", "webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """Compose passes `${VAR:-}` as an empty string: that means not set, never an empty key."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("webhook_allow_networks")
     @classmethod
     def _check_networks(cls, value: str) -> str:
@@ -224,7 +237,9 @@ class Settings(BaseSettings):
     @property
     def webhook_allowed(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """The operator's allowlist for webhook targets that would otherwise be refused."""
-        return [ipaddress.ip_network(x.strip(), strict=False) for x in self.webhook_allow_networks.split(",") if x.strip()]
+        return [
+            ipaddress.ip_network(x.strip(), strict=False) for x in self.webhook_allow_networks.split(",") if x.strip()
+        ]
 
     @property
     def tokens(self) -> list[str]:

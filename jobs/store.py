@@ -254,7 +254,10 @@ class JobStore:
         """
         record = self.owned(job_id, owner)
         done, cur = self.transition(
-            record, allowed=(JobStatus.QUEUED,), status=JobStatus.CANCELED, error="canceled by request before it started"
+            record,
+            allowed=(JobStatus.QUEUED,),
+            status=JobStatus.CANCELED,
+            error="canceled by request before it started",
         )
         if done:
             tickets.drop(self.queue, tickets.rq_id(job_id, record.attempt))
@@ -300,8 +303,16 @@ class JobStore:
             events.append([EventType.COMPLETED.value, json.dumps(final.job(self.urls(job_id)).public())])
         elif status == JobStatus.PROCESSING:
             ttl, proc_op = s.pending_ttl_s, "add"
-        keys = [k.job(job_id), k.events(job_id), k.processing, k.input(job_id), k.queued, k.result(job_id),
-                k.cancel(job_id), k.checkpoints(job_id)]
+        keys = [
+            k.job(job_id),
+            k.events(job_id),
+            k.processing,
+            k.input(job_id),
+            k.queued,
+            k.result(job_id),
+            k.cancel(job_id),
+            k.checkpoints(job_id),
+        ]
         keys += [k.preview(job_id, i) for i in range(len(record.checkpoints))]
         pairs = [x for kv in encode_fields(updates).items() for x in kv]
         applied, cur = self._transition(
@@ -384,8 +395,15 @@ class JobStore:
         return bool(
             self._progress(
                 keys=[k.job(job_id), k.events(job_id), k.checkpoints(job_id)],
-                args=[str(attempt), etype, edata, EVENT_STREAM_MAXLEN,
-                      json.dumps(checkpoint) if checkpoint is not None else "", self.settings.pending_ttl_s, *pairs],
+                args=[
+                    str(attempt),
+                    etype,
+                    edata,
+                    EVENT_STREAM_MAXLEN,
+                    json.dumps(checkpoint) if checkpoint is not None else "",
+                    self.settings.pending_ttl_s,
+                    *pairs,
+                ],
             )
         )
 
@@ -434,10 +452,13 @@ class JobStore:
             if not requeued:
                 return
             pipe.multi()
-            pipe.hset(k.job(job_id), mapping=encode_fields(
-                {"status": JobStatus.QUEUED, "attempt": attempt + 1, "error": reason}))
-            pipe.hdel(k.job(job_id), "started_at", "worker", "round", "step", "total_steps", "last_score",
-                      "orphan_seen_at")
+            pipe.hset(
+                k.job(job_id),
+                mapping=encode_fields({"status": JobStatus.QUEUED, "attempt": attempt + 1, "error": reason}),
+            )
+            pipe.hdel(
+                k.job(job_id), "started_at", "worker", "round", "step", "total_steps", "last_score", "orphan_seen_at"
+            )
             pipe.delete(k.checkpoints(job_id), k.cancel(job_id))
             pipe.srem(k.processing, job_id)
             pipe.hset(k.queued, job_id, record.input_bytes)  # type: ignore[union-attr]

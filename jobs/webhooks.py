@@ -107,8 +107,12 @@ def deliver(url: str, job: dict[str, Any], settings: Settings) -> bool:
         ip = resolve(url, settings)  # again at every try: the answer may have changed since submit
         host = urlsplit(url).netloc.rpartition("@")[2]
         timestamp = str(int(time.time()))
-        headers = {"User-Agent": "upzir-webhook", "Content-Type": "application/json", "Host": host,
-                   TIMESTAMP_HEADER: timestamp}
+        headers = {
+            "User-Agent": "upzir-webhook",
+            "Content-Type": "application/json",
+            "Host": host,
+            TIMESTAMP_HEADER: timestamp,
+        }
         if settings.webhook_secret is not None:
             headers[SIGNATURE_HEADER] = sign(body, timestamp, settings.webhook_secret.get_secret_value())
         extensions = {"sni_hostname": urlsplit(url).hostname} if url.startswith("https") else {}

@@ -42,27 +42,42 @@ def _restore_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore one image", description="Restore one image with UP-ZeroIR.")
     p.add_argument("input", type=Path, help="input image (PNG, JPEG, WebP, ...)")
     p.add_argument("-o", "--output", type=Path, required=True, help="where to write the restored image")
-    p.add_argument("--model", default=os.environ.get("UPZIR_MODEL", DEFAULT_MODEL),
-                   help="diffusers LDM folder or hub id (env UPZIR_MODEL; default: %(default)s)")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("UPZIR_MODEL", DEFAULT_MODEL),
+        help="diffusers LDM folder or hub id (env UPZIR_MODEL; default: %(default)s)",
+    )
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     p.add_argument("--steps", type=int, help="DDIM steps per round (overrides the preset)")
     p.add_argument("--seed", type=int, help="random seed (same seed, same output on one device)")
     p.add_argument("--device", default=os.environ.get("UPZIR_DEVICE", "auto"), help="cuda, cpu or auto")
     p.add_argument("--dtype", default=os.environ.get("UPZIR_DTYPE", "fp32"), choices=["fp32", "bf16", "fp16"])
     p.add_argument("--judge", help="DQR judge: auto, piqe, arniqa, niqe@PATH (overrides the preset)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any sampler option, e.g. --set kappa=2000 --set dqr=off")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any sampler option, e.g. --set kappa=2000 --set dqr=off",
+    )
     p.add_argument("--report", type=Path, help="write a JSON report (steps, rounds, checkpoints, seconds)")
-    p.add_argument("--reference", type=Path,
-                   help="a clean version of the input (same size): PSNR/SSIM of input and output against it")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="a clean version of the input (same size): PSNR/SSIM of input and output against it",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _degrade_parser(sub: argparse._SubParsersAction) -> None:
     from .degradations import DEGRADATIONS
 
-    p = sub.add_parser("degrade", help="degrade a clean photo (to try the restorer on)",
-                       description="Apply one of the benchmark's seeded degradations to a clean photo.")
+    p = sub.add_parser(
+        "degrade",
+        help="degrade a clean photo (to try the restorer on)",
+        description="Apply one of the benchmark's seeded degradations to a clean photo.",
+    )
     p.add_argument("input", type=Path, help="a clean image (PNG, JPEG, WebP, ...)")
     p.add_argument("-o", "--output", type=Path, required=True, help="where to write the degraded image")
     p.add_argument("--kind", required=True, choices=list(DEGRADATIONS), help="which degradation")
@@ -114,11 +129,14 @@ def _run_restore(args: argparse.Namespace) -> int:
     _check_output(args.output)
     reference = load_image(args.reference) if args.reference else None
     if reference is not None and reference.size != image.size:
-        raise RestorerError(f"--reference {args.reference} is {reference.size[0]}×{reference.size[1]}, the input is "
-                            f"{image.size[0]}×{image.size[1]}: they must have the same size")
+        raise RestorerError(
+            f"--reference {args.reference} is {reference.size[0]}×{reference.size[1]}, the input is "
+            f"{image.size[0]}×{image.size[1]}: they must have the same size"
+        )
 
-    restorer = Restorer.load(args.model, device=args.device, dtype=args.dtype,
-                             judge=cfg.judge, perceptual=cfg.perceptual)
+    restorer = Restorer.load(
+        args.model, device=args.device, dtype=args.dtype, judge=cfg.judge, perceptual=cfg.perceptual
+    )
     bar = tqdm(total=cfg.steps, disable=args.quiet, unit="step", desc="round 1")
     last = {"score": None}
 
@@ -139,18 +157,27 @@ def _run_restore(args: argparse.Namespace) -> int:
     if reference is not None:
         from .compare import reference_scores
 
-        report["reference"] = {"path": str(args.reference), "input": reference_scores(image, reference),
-                               "output": reference_scores(result.image, reference)}
+        report["reference"] = {
+            "path": str(args.reference),
+            "input": reference_scores(image, reference),
+            "output": reference_scores(result.image, reference),
+        }
     if args.report:
         args.report.write_text(json.dumps(report, indent=2))
     if not args.quiet:
-        print(f"{args.output}: {result.steps_run} steps, {result.rounds} round(s), "
-              f"early exit {'yes' if result.early_exit else 'no'}, score {result.final_score:.3f} "
-              f"({result.judge}), {result.seconds:.1f} s", file=sys.stderr)
+        print(
+            f"{args.output}: {result.steps_run} steps, {result.rounds} round(s), "
+            f"early exit {'yes' if result.early_exit else 'no'}, score {result.final_score:.3f} "
+            f"({result.judge}), {result.seconds:.1f} s",
+            file=sys.stderr,
+        )
         if reference is not None:
             before, after = report["reference"]["input"], report["reference"]["output"]
-            print(f"against {args.reference}: PSNR {before['psnr']:.2f} → {after['psnr']:.2f} dB, "
-                  f"SSIM {before['ssim']:.3f} → {after['ssim']:.3f}", file=sys.stderr)
+            print(
+                f"against {args.reference}: PSNR {before['psnr']:.2f} → {after['psnr']:.2f} dB, "
+                f"SSIM {before['ssim']:.3f} → {after['ssim']:.3f}",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -34,8 +34,10 @@ def _metric(name: str) -> Any:
 def reference_scores(image: Image.Image, reference: Image.Image) -> dict[str, float]:
     """PSNR (dB) and SSIM of `image` against `reference`; they must have the same size."""
     if image.size != reference.size:
-        raise ImageError(f"reference is {reference.size[0]}×{reference.size[1]}, the image is "
-                         f"{image.size[0]}×{image.size[1]}: they must have the same size")
+        raise ImageError(
+            f"reference is {reference.size[0]}×{reference.size[1]}, the image is "
+            f"{image.size[0]}×{image.size[1]}: they must have the same size"
+        )
     x, y = pil_to_tensor(image.convert("RGB")), pil_to_tensor(reference.convert("RGB"))
     with torch.no_grad():
         return {name: float(_metric(name)(x, y)) for name in REFERENCE_METRICS}
@@ -48,8 +50,9 @@ def side_by_side(tiles: Sequence[Image.Image], scale: int = 1) -> Image.Image:
     height = tiles[0].size[1]
     if any(t.size[1] != height for t in tiles):
         raise ValueError("side_by_side: tiles differ in height")
-    arrays = [np.pad(np.asarray(t.convert("RGB")), ((0, 0), (0, STRIP_GAP), (0, 0)), constant_values=255)
-              for t in tiles]
+    arrays = [
+        np.pad(np.asarray(t.convert("RGB")), ((0, 0), (0, STRIP_GAP), (0, 0)), constant_values=255) for t in tiles
+    ]
     strip = Image.fromarray(np.concatenate(arrays, axis=1)[:, :-STRIP_GAP])
     if scale != 1:
         strip = strip.resize((strip.width * scale, strip.height * scale), Image.Resampling.NEAREST)

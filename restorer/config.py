@@ -22,7 +22,9 @@ class RestoreConfig(BaseModel):
 
     # --- schedule ---------------------------------------------------------------------------------
     steps: int = Field(
-        25, ge=1, le=1000,
+        25,
+        ge=1,
+        le=1000,
         description="DDIM steps per round (paper: 1000). Guidance and φ's learning are scaled per unit of diffusion "
         "time, so fewer steps change the discretisation, not what the settings mean.",
     )
@@ -36,7 +38,8 @@ class RestoreConfig(BaseModel):
 
     # --- guidance (section 3) ---------------------------------------------------------------------
     kappa: float = Field(
-        30.0, ge=0.0,
+        30.0,
+        ge=0.0,
         description="Guidance scale κ, in units that mean the same at any step count and image size: ẑ0 moves by "
         "−κ·h·N·∂J/∂ẑ0 per step, with h = 1/steps the share of the diffusion time the step covers and N the "
         "latent element count (N·∂J/∂ẑ0 is the per-element gradient of the summed loss). Over a t-range the "
@@ -51,7 +54,8 @@ class RestoreConfig(BaseModel):
         99.5, gt=0.0, le=100.0, description="Clamp |ẑ0| to this percentile (None: off). Clamp only, never divide."
     )
     guidance_rms_cap: float | None = Field(
-        None, gt=0.0,
+        None,
+        gt=0.0,
         description="Cap on the per-element RMS of the guidance rate κ·N·∂J/∂ẑ0 (None: off, as in the paper); "
         "a step moves ẑ0 by at most h times this. A guard against gradient spikes (uncentred GGD fits at the α "
         "clamp gave RMS ≈ 50 spikes that saturated x̂0 for the rest of the run).",
@@ -59,7 +63,8 @@ class RestoreConfig(BaseModel):
 
     # --- loss weights (section 3.4 / 6) -----------------------------------------------------------
     lambda_deg: float = Field(
-        0.0, ge=0.0,
+        0.0,
+        ge=0.0,
         description="DegLoss weight λ1 (the paper's latent GGD KL). Off by default, by measurement: at 0.01 (centred "
         "fits) it cost 2.4 dB on low light and 4.6 dB on low light + noise (2 cbsd68_even crops, 12.67 → 10.28, "
         "14.26 → 9.71) and 0.1 dB on noise, and adds an encoder pass per step; the ablation table reports it on.",
@@ -75,7 +80,8 @@ class RestoreConfig(BaseModel):
         "part learns the darkening while Q's exposure term brightens x̂0; measured to invent the scene (README).",
     )
     tone_black: float = Field(
-        0.2, ge=0.0,
+        0.2,
+        ge=0.0,
         description="Black level taken off before the curve, in units of the blindly estimated noise σ: Gaussian "
         "noise clipped at 0 lifts black to ≈ σ/√(2π) ≈ 0.4σ, which the curve would turn into a grey veil. 0.2 "
         "after denoising and the white stretch (32 dark tuning crops, `benchmarks.dark_targets`: 0.4 → 18.06, 0.2 → "
@@ -88,7 +94,9 @@ class RestoreConfig(BaseModel):
         "curve's input is the raw image.",
     )
     dark_denoise_shifts: int = Field(
-        1, ge=0, le=7,
+        1,
+        ge=0,
+        le=7,
         description="Cycle spinning of the dark-input denoiser: averages (shifts + 1)² shifted passes (0: one pass), "
         "so the basis's block edges average out; the cost grows as the square.",
     )
@@ -100,50 +108,62 @@ class RestoreConfig(BaseModel):
         "Haar left a staircase of 8–16-px blocks on the darkest inputs that the final detail step gave back; sym4 none.",
     )
     tone_white_percentile: float = Field(
-        99.9, gt=50.0, le=100.0,
+        99.9,
+        gt=50.0,
+        le=100.0,
         description="Before the curve, the (denoised) input's white — this percentile of its brightest channel — "
         "is stretched to 1 (100: no stretch). Undoing the darkening's gain by a gain leaves γ a mild curvature: "
         "+2.5 dB on 32 dark tuning crops (target before sampling, `benchmarks.dark_targets`: 15.88 → 18.41 dB), "
         "colours no longer washed out by a γ near 0.1.",
     )
-    tone_gamma_min: float = Field(
-        0.1, gt=0.0, le=1.0, description="Strongest brightening the curve may apply (x^0.1)."
-    )
+    tone_gamma_min: float = Field(0.1, gt=0.0, le=1.0, description="Strongest brightening the curve may apply (x^0.1).")
     lambda_exposure: float = Field(
-        1.0, ge=0.0,
+        1.0,
+        ge=0.0,
         description="Q's exposure term (mean patch brightness toward E). Gated by `exposure_gate`: it acts only on "
         "under-exposed inputs, since applied to every input it pulls well-exposed photos toward grey.",
     )
     lambda_color: float = Field(
-        0.0, ge=0.0,
+        0.0,
+        ge=0.0,
         description="Q's grey-world colour-constancy term. Off by default: its gradient was as large as the data "
         "term's and it pulls every photo's colours toward grey, whatever the input.",
     )
     exposure_gate: float = Field(
-        0.22, ge=0.0, le=1.0,
+        0.22,
+        ge=0.0,
+        le=1.0,
         description="The exposure term, and φ's tone part, act when the input's mean brightness is below this (0: "
         "never, 1: always). Tuning crops: clean 0.27–0.82, low light 0.01–0.18 (mixed families included).",
     )
     exposure_patch: float = Field(
-        1.0, gt=0.0, le=1.0,
+        1.0,
+        gt=0.0,
+        le=1.0,
         description="Q's exposure patch side as a share of the image's shorter side (1: the whole image). A share, "
         "not pixels, so it means the same at any size; small patches flatten the lighting of the scene.",
     )
     lambda_haze: float = Field(
-        0.0, ge=0.0,
+        0.0,
+        ge=0.0,
         description="Q's haze term: the mean dark channel of x̂0 (He et al.'s prior: haze-free patches hold a "
         "near-black pixel). Gated by `haze_gate`; with it on, φ's tone part learns the veil. Off by default: on 3 "
         "hazy tuning crops it lost 3.7 dB at 0.03 and 4.9 at 0.1 (its gradient reaches only each patch's darkest "
         "pixel, and φ's tone part drifted) — haze is not restored by the default preset; see the README.",
     )
     haze_gate: float = Field(
-        0.4, ge=0.0, le=1.0,
+        0.4,
+        ge=0.0,
+        le=1.0,
         description="The haze term, and φ's tone part, act when the input's mean dark channel is above this. Tuning "
         "crops: clean 0.11–0.33 but one bright-sky crop at 0.61; hazy 0.35–0.66 — 0.4 errs toward leaving a "
         "clean photo alone (a bright sky or snow scene above it is treated as hazy: say so, it is blind).",
     )
     haze_patch: float = Field(
-        1 / 32, gt=0.0, le=1.0, description="Dark-channel patch side as a share of the shorter side (He: 15 px on ~500)."
+        1 / 32,
+        gt=0.0,
+        le=1.0,
+        description="Dark-channel patch side as a share of the shorter side (He: 15 px on ~500).",
     )
     dehaze: Literal["auto", "off"] = Field(
         "auto",
@@ -152,7 +172,9 @@ class RestoreConfig(BaseModel):
         "(5% of 120 clean tuning crops); off: never.",
     )
     dehaze_gate_dark: float = Field(
-        0.36, ge=0.0, le=1.0,
+        0.36,
+        ge=0.0,
+        le=1.0,
         description="Gate: median dark channel above this… Tuning crops (120 clean, 34 hazy): with "
         "`dehaze_gate_saturation` the pair flagging ≤ 5% of clean crops that catches the most hazy ones (85%).",
     )
@@ -163,18 +185,24 @@ class RestoreConfig(BaseModel):
         1 / 16, gt=0.0, le=1.0, description="Dark-channel window of the gate, as a share of the shorter side."
     )
     dehaze_omega: float = Field(
-        0.6, gt=0.0, le=1.0,
+        0.6,
+        gt=0.0,
+        le=1.0,
         description="Share of the estimated veil removed (He et al.: 0.95). Tuning crops, gated (python -m "
         "benchmarks.haze_tradeoff): ω 0.5 → +3.2 dB over all hazy crops, wrongly flagged clean crops keep 22–30 dB; "
         "0.6 → +4.3 and 20–28; 0.95 → +6.0 and 13–18.",
     )
     dehaze_patch: float = Field(
-        1 / 8, gt=0.0, le=1.0,
+        1 / 8,
+        gt=0.0,
+        le=1.0,
         description="Dark-channel window of the transmission estimate, as a share of the shorter side (1/8 beat 1/32 "
         "and 1/4 on hazy tuning crops at ω ≤ 0.8).",
     )
     dehaze_refine: float = Field(
-        1 / 16, gt=0.0, le=1.0,
+        1 / 16,
+        gt=0.0,
+        le=1.0,
         description="Box filter smoothing the transmission (a cheap stand-in for soft matting), share of the side.",
     )
     dehaze_t_min: float = Field(0.1, gt=0.0, le=1.0, description="Lower bound on the transmission (He et al.).")
@@ -201,17 +229,20 @@ class RestoreConfig(BaseModel):
     # --- PCDM (section 4) -------------------------------------------------------------------------
     pcdm: Literal["pcdm", "resblock"] = Field("pcdm", description="resblock: ablation without GGD input.")
     pcdm_lr: float = Field(
-        1e-5, gt=0.0,
+        1e-5,
+        gt=0.0,
         description="Adam lr of φ's convolutions f1, f2 (spatial: fast ones learn to copy the image and absorb the "
         "fidelity terms). Paper: 1e-5 for all of φ, which leaves φ the identity in a short schedule.",
     )
     pcdm_global_lr: float = Field(
-        2e-2, gt=0.0,
+        2e-2,
+        gt=0.0,
         description="Adam lr of φ's per-channel gain l(α0,σ0) and colour/affine map f3: darkening to k≈0.1 or a "
         "haze veil needs these to move by O(1) within `pcdm_updates` steps.",
     )
     pcdm_updates: int = Field(
-        25, ge=1,
+        25,
+        ge=1,
         description="Adam steps φ takes over the whole diffusion time, spread over the sampler's steps (two per "
         "step at 25 steps, one every 40 at 1000), so φ learns as much at any step count.",
     )
@@ -227,13 +258,16 @@ class RestoreConfig(BaseModel):
         4, ge=1, description="Pooling (pixels) before the tone statistics: keeps pixel noise out of the std."
     )
     pcdm_start_t: int = Field(
-        500, ge=0, le=1000,
+        500,
+        ge=0,
+        le=1000,
         description="φ trains only while t < this. Above it x̂0 is an unconditional sample unrelated to the input, "
         "and the best map from an unrelated image to x_lq is a contraction to x_lq's mean: trained there (the "
         "paper trains from the first step) φ learned to flatten its input and guidance lost its pull.",
     )
     pcdm_anchor: float = Field(
-        0.0, ge=0.0,
+        0.0,
+        ge=0.0,
         description="Weight of ‖φ(x̂0) − x̂0‖² in φ's training loss: φ stays the identity unless the fidelity "
         "terms ask for a degradation, so it cannot co-adapt with x̂0 (absorb what guidance should fix).",
     )
@@ -242,7 +276,8 @@ class RestoreConfig(BaseModel):
         "identity", description="identity: φ starts as x ↦ x (works at short schedules); random: only f3 identity."
     )
     pcdm_width: int = Field(
-        32, ge=4,
+        32,
+        ge=4,
         description="f1/f2 base width (f2 goes width→2w→4w). Paper: 64, whose φ forward+backward costs 0.27 s at "
         "128² on 2 cores vs 0.08 s at 32 — more than the UNet call; the paper preset keeps 64.",
     )
@@ -263,7 +298,9 @@ class RestoreConfig(BaseModel):
         "on noisy and clean tuning crops, restorer/detail.py); off: return D(ẑ0) as sampled.",
     )
     detail_shifts: int = Field(
-        3, ge=0, le=7,
+        3,
+        ge=0,
+        le=7,
         description="Cycle spinning of the wavelet detail step: (shifts + 1)² shifted passes. 8 cbsd68_even crops: "
         "0 → 3 gave +0.7 dB on σ=15, +0.4 on σ=25, +1.7 on clean photos (same sampled estimates, final step swapped).",
     )
@@ -275,14 +312,13 @@ class RestoreConfig(BaseModel):
         description="on: exit / refine / re-noise by the judge's score (the paper). Off by default: with the offline "
         "judge (PIQE) its picks have not been shown to save steps without losing quality (benchmarks/README).",
     )
-    judge: str = Field(
-        "auto", description="pyiqa metric name, or auto (ARNIQA if its weights load, else PIQE)."
-    )
+    judge: str = Field("auto", description="pyiqa metric name, or auto (ARNIQA if its weights load, else PIQE).")
     eta: float = Field(0.01, ge=0.0, description="Exit when the score gain between checkpoints is below η.")
     max_rounds: int = Field(3, ge=1, le=10, description="Cap on re-noise rounds.")
     renoise_strength: float = Field(0.5, gt=0.0, lt=1.0, description="Re-noise to t' = strength·T.")
     min_guided_intervals: int = Field(
-        5, ge=0,
+        5,
+        ge=0,
         description="No exit (and no best-estimate pick) before guidance has acted for this many intervals Δ. "
         "Mid-schedule x̂0 are blurry and offline judges (PIQE) rate them well: with 1 interval, DQR exited at "
         "t≈500 and lost 3–8 dB on mini-ldm (measured); 5 keeps exits to the last ~20% of the schedule.",

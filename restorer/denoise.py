@@ -51,9 +51,19 @@ def wavelet_shrink(x: torch.Tensor, sigma: torch.Tensor, max_shifts: int, wavele
     levels = max(1, pywt.dwtn_max_level(x.shape[-2:], "db1") - LEVELS_BELOW_MAX)
     out = []
     for img, sig in zip(x.detach().double().cpu().numpy(), sigma.clamp_min(SIGMA_FLOOR).tolist()):
+
         def bayes_shrink(arr: np.ndarray, sig: list[float] = sig) -> np.ndarray:
-            return denoise_wavelet(arr, sigma=sig, wavelet=wavelet, wavelet_levels=levels, method="BayesShrink",
-                                   mode="soft", channel_axis=-1, convert2ycbcr=True, rescale_sigma=True)
+            return denoise_wavelet(
+                arr,
+                sigma=sig,
+                wavelet=wavelet,
+                wavelet_levels=levels,
+                method="BayesShrink",
+                mode="soft",
+                channel_axis=-1,
+                convert2ycbcr=True,
+                rescale_sigma=True,
+            )
 
         arr = img.transpose(1, 2, 0)
         out.append(cycle_spin(arr, bayes_shrink, max_shifts=max_shifts, channel_axis=-1, workers=1).transpose(2, 0, 1))

@@ -51,7 +51,8 @@ def restore_detail(estimate: torch.Tensor, x_lq: torch.Tensor, predicted: torch.
 
 
 @torch.no_grad()
-def restore_detail_wavelet(estimate: torch.Tensor, x_lq: torch.Tensor, predicted: torch.Tensor,
-                           max_shifts: int) -> torch.Tensor:
+def restore_detail_wavelet(
+    estimate: torch.Tensor, x_lq: torch.Tensor, predicted: torch.Tensor, max_shifts: int
+) -> torch.Tensor:
     """x̂ + the BayesShrink-shrunk residual x_lq − predicted, at x_lq's blind σ; clamped to [0, 1]."""
     return (estimate + wavelet_shrink(x_lq - predicted, noise_sigma(x_lq), max_shifts)).clamp(0, 1)

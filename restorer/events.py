@@ -87,7 +87,9 @@ class RestoreResult:
     chosen_checkpoint: int | None = None  # index in `checkpoints` of the estimate returned
     tone_gamma: float = 1.0  # exposure curve x ↦ ((x − b)/(w − b))^γ before sampling: γ (restorer/tone.py) ...
     tone_white: float | None = None  # ... and w (None: not under-exposed, no denoising or curve ran)
-    dehaze_transmission: float | None = None  # mean transmission of the dehaze step (None: not flagged; restorer/haze.py)
+    dehaze_transmission: float | None = (
+        None  # mean transmission of the dehaze step (None: not flagged; restorer/haze.py)
+    )
 
     def report(self) -> dict[str, Any]:
         return {

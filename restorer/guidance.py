@@ -41,8 +41,10 @@ class DegradationGuidance:
         self.tone_on = self.exposure_on or self.hazy  # φ may change tone only when the input asks for it
         global_lr = cfg.pcdm_global_lr if self.tone_on else 0.0
         self.opt_phi = torch.optim.Adam(
-            [{"params": self.phi.local_parameters(), "lr": cfg.pcdm_lr},
-             {"params": self.phi.global_parameters(), "lr": global_lr}],
+            [
+                {"params": self.phi.local_parameters(), "lr": cfg.pcdm_lr},
+                {"params": self.phi.global_parameters(), "lr": global_lr},
+            ],
             weight_decay=cfg.pcdm_weight_decay,
         )
         self.opt_disc = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)

@@ -51,8 +51,9 @@ def haze_stats(x: torch.Tensor, patch_share: float) -> HazeStats:
     )
 
 
-def dehaze(x: torch.Tensor, omega: float, patch_share: float, refine_share: float, t_min: float,
-           top_share: float) -> tuple[torch.Tensor, float]:
+def dehaze(
+    x: torch.Tensor, omega: float, patch_share: float, refine_share: float, t_min: float, top_share: float
+) -> tuple[torch.Tensor, float]:
     """He et al.'s inversion of I = J·t + A(1 − t) on (1, 3, H, W) in [0, 1]; returns (J, mean t)."""
     side = _odd_side(x, patch_share)
     dark = dark_channel(x, side).flatten()

@@ -164,4 +164,3 @@ def load_perceptual(mode: str, device: torch.device) -> PerceptualLoss | None:
         log.warning("perceptual term off: %s", msg)
         return None
     return PerceptualLoss(net.features[:VGG_RELU2_2]).to(device)
-

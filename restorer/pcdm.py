@@ -39,9 +39,12 @@ class PCDM(nn.Module):
         act = nn.LeakyReLU(LEAKY_SLOPE)
         self.f1 = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), act, nn.Conv2d(width, 3, 1))
         self.f2 = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), act,
-            nn.Conv2d(width, 2 * width, 3, padding=1), act,
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1), act,
+            nn.Conv2d(3, width, 3, padding=1),
+            act,
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            act,
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1),
+            act,
             nn.Conv2d(4 * width, 3, 1),
         )
         self.l = nn.Linear(2 * latent_channels, 3)
@@ -89,8 +92,10 @@ class ResBlockDegrader(nn.Module):
         hidden = self.width_for(target_params)
         act = nn.LeakyReLU(LEAKY_SLOPE)
         self.body = nn.Sequential(
-            nn.Conv2d(3, hidden, 3, padding=1), act,
-            nn.Conv2d(hidden, hidden, 3, padding=1), act,
+            nn.Conv2d(3, hidden, 3, padding=1),
+            act,
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            act,
             nn.Conv2d(hidden, 3, 1),
         )
         if init == "identity":  # the same start as PCDM's identity init: the ablation changes one thing
@@ -123,8 +128,10 @@ class PatchDiscriminator(nn.Module):
         super().__init__()
         act = nn.LeakyReLU(LEAKY_SLOPE)
         self.net = nn.Sequential(
-            nn.Conv2d(3, width, 4, stride=2, padding=1), act,
-            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), act,
+            nn.Conv2d(3, width, 4, stride=2, padding=1),
+            act,
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            act,
             nn.Conv2d(2 * width, 1, 4, stride=2, padding=1),
             nn.Sigmoid(),
         )

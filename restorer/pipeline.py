@@ -36,8 +36,14 @@ class Restorer:
         self._judges: dict[str, QualityJudge] = {judge.name: judge}
 
     @classmethod
-    def load(cls, model: str = DEFAULT_MODEL, device: str | None = "auto", dtype: Dtype = "fp32",
-             judge: str = "auto", perceptual: str = "auto") -> Restorer:
+    def load(
+        cls,
+        model: str = DEFAULT_MODEL,
+        device: str | None = "auto",
+        dtype: Dtype = "fp32",
+        judge: str = "auto",
+        perceptual: str = "auto",
+    ) -> Restorer:
         """Load everything once (the worker calls this at start, never per job)."""
         prior = load_prior(model, device, dtype)
         return cls(prior, load_judge(judge, prior.device), load_perceptual(perceptual, prior.device))
@@ -99,8 +105,9 @@ class Restorer:
         should_cancel: CancelCheck | None = None,
     ) -> RestoreResult:
         """Restore one image; the output has exactly the input's size. Raises RestoreCanceled on cancel."""
-        return self.restore_many([(image, config)], on_checkpoint=on_checkpoint, on_step=on_step,
-                                 should_cancel=should_cancel)[0].unwrap()
+        return self.restore_many(
+            [(image, config)], on_checkpoint=on_checkpoint, on_step=on_step, should_cancel=should_cancel
+        )[0].unwrap()
 
     def restore_many(
         self,
@@ -119,8 +126,9 @@ class Restorer:
         slots: list[PreparedRestore | Outcome] = []
         for img, cfg in jobs:
             try:
-                slots.append(self.prepare(img, cfg, on_checkpoint=on_checkpoint, on_step=on_step,
-                                          should_cancel=should_cancel))
+                slots.append(
+                    self.prepare(img, cfg, on_checkpoint=on_checkpoint, on_step=on_step, should_cancel=should_cancel)
+                )
             except Exception as exc:  # bad config or image: this job's outcome, the others still run
                 slots.append(Outcome(None, exc))
         batch = self.batch(max_batch or max(1, len(jobs)))
@@ -151,13 +159,16 @@ def correct_before_sampling(x_lq: torch.Tensor, cfg: RestoreConfig) -> Corrected
         if cfg.dark_denoise == "wavelet":  # before the curve, whose slope would amplify the noise
             x_lq = denoise.shrink_noise(x_lq, cfg.dark_denoise_shifts, cfg.dark_denoise_wavelet)
         white = tone.white_level(x_lq, cfg.tone_white_percentile, black, cfg.exposure_level)
-        gamma = tone.exposure_gamma(tone.correct_exposure(x_lq, 1.0, black, white), cfg.exposure_level,
-                                    cfg.tone_gamma_min)
+        gamma = tone.exposure_gamma(
+            tone.correct_exposure(x_lq, 1.0, black, white), cfg.exposure_level, cfg.tone_gamma_min
+        )
         x_lq = tone.correct_exposure(x_lq, gamma, black, white)
-    if cfg.dehaze == "auto" and haze.haze_stats(x_lq, cfg.dehaze_gate_patch).hazy(cfg.dehaze_gate_dark,
-                                                                                  cfg.dehaze_gate_saturation):
-        x_lq, transmission = haze.dehaze(x_lq, cfg.dehaze_omega, cfg.dehaze_patch, cfg.dehaze_refine,
-                                         cfg.dehaze_t_min, cfg.dehaze_top_share)
+    if cfg.dehaze == "auto" and haze.haze_stats(x_lq, cfg.dehaze_gate_patch).hazy(
+        cfg.dehaze_gate_dark, cfg.dehaze_gate_saturation
+    ):
+        x_lq, transmission = haze.dehaze(
+            x_lq, cfg.dehaze_omega, cfg.dehaze_patch, cfg.dehaze_refine, cfg.dehaze_t_min, cfg.dehaze_top_share
+        )
     return Corrected(x_lq, gamma, white, transmission)
 
 
@@ -205,7 +216,6 @@ class PreparedRestore:
             tone_white=self.corrected.tone_white,
             dehaze_transmission=self.corrected.dehaze_transmission,
         )
-
 
     def final_estimate(self, estimate: torch.Tensor) -> torch.Tensor:
         """The chosen x̂0 (cropped, CPU), with what the autoencoder lost given back (restorer/detail.py)."""

@@ -234,8 +234,18 @@ class SamplerRun:
         with phase("judge"):
             score, raw = self.judge.score(estimate)
         decision = self.policy.decide(score, round_end=round_end, round=self.round, guided_steps=self.guided_steps)
-        cp = Checkpoint(self.round, self.i, len(self.schedule), self.steps_run, t, score, raw, decision,
-                        self._elapsed(), estimate.cpu())
+        cp = Checkpoint(
+            self.round,
+            self.i,
+            len(self.schedule),
+            self.steps_run,
+            t,
+            score,
+            raw,
+            decision,
+            self._elapsed(),
+            estimate.cpu(),
+        )
         self.checkpoints.append(cp)
         if self.on_checkpoint is not None:
             self.on_checkpoint(cp)
@@ -343,4 +353,3 @@ class BatchSampler:
                 run.finish(x0[k : k + 1].detach(), grads[k : k + 1] if k in objectives else None)
             except Exception as exc:  # judge or callback failed: only this run ends
                 run.fail(exc)
-

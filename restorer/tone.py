@@ -47,7 +47,9 @@ def white_level(x: torch.Tensor, percentile: float, black: float, level: float) 
     Never so low that the stretch alone lifts the mean above `level`: a dark picture with nothing bright in it (a
     night scene, a flat grey) is brightened to the level, not to white.
     """
-    white = 1.0 if percentile >= 100 else float(torch.quantile(x.detach().amax(dim=1).flatten().float(), percentile / 100))
+    white = (
+        1.0 if percentile >= 100 else float(torch.quantile(x.detach().amax(dim=1).flatten().float(), percentile / 100))
+    )
     return min(1.0, max(white, black + (float(x.mean()) - black) / level))
 
 
@@ -57,4 +59,3 @@ def correct_exposure(x: torch.Tensor, gamma: float, black: float = 0.0, white: f
     so the gain of the darkening is undone by a gain and γ has only its curvature left to undo (a power curve
     alone must bend hard, x^0.1, to brighten, and that washes colours out: per-channel ratios go as r^γ)."""
     return ((x - black) / max(white - black, WHITE_FLOOR)).clamp(0, 1).pow(gamma)
-

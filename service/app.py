@@ -93,12 +93,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
         """Redis down, slow or full (OOM under noeviction): the job store cannot take this now; say when to retry."""
         full = isinstance(exc, RedisOutOfMemoryError)
-        log.log(logging.ERROR if full else logging.WARNING, "Redis %s on %s %s: %s",
-                "out of memory" if full else "unavailable", request.method, request.url.path, exc)
+        log.log(
+            logging.ERROR if full else logging.WARNING,
+            "Redis %s on %s %s: %s",
+            "out of memory" if full else "unavailable",
+            request.method,
+            request.url.path,
+            exc,
+        )
         if request.url.path == "/restore":
             metrics.upload_rejected.labels(reason="store_full" if full else "unavailable").inc()
-        detail = ("the job store (Redis) is full; retry later, when finished jobs have expired" if full
-                  else "the job store (Redis) is unreachable; retry shortly")
+        detail = (
+            "the job store (Redis) is full; retry later, when finished jobs have expired"
+            if full
+            else "the job store (Redis) is unreachable; retry shortly"
+        )
         return JSONResponse(
             {"detail": detail}, status_code=503, headers={"Retry-After": str(settings.unavailable_retry_after_s)}
         )
@@ -121,8 +130,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def warn_if_open(settings: Settings) -> None:
     """Say loudly when nothing protects the API or its webhooks (the service is meant to sit behind both)."""
     if not settings.tokens and not is_loopback(settings.host):
-        log.warning("UPZIR_API_TOKENS is not set and the API listens on %s: anyone who can reach it may submit,"
-                    " read and cancel jobs", settings.host)
+        log.warning(
+            "UPZIR_API_TOKENS is not set and the API listens on %s: anyone who can reach it may submit,"
+            " read and cancel jobs",
+            settings.host,
+        )
     if settings.webhook_secret is None:
         log.warning("UPZIR_WEBHOOK_SECRET is not set: webhook bodies go unsigned")
 

@@ -53,7 +53,8 @@ def authenticate(request: Request) -> Caller:
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented or not match_token(presented, tokens):
         raise HTTPException(
-            401, "missing or invalid bearer token (send `Authorization: Bearer <token>`)",
+            401,
+            "missing or invalid bearer token (send `Authorization: Bearer <token>`)",
             headers={"WWW-Authenticate": 'Bearer realm="upzir"'},
         )
     return Caller(token_fingerprint(presented))

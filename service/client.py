@@ -1,10 +1,10 @@
 """Python client for the restoration API (httpx), with typed errors that carry the server's message.
 
-    with RestoreClient("http://localhost:8000", token=os.environ.get("UPZIR_API_TOKEN")) as c:
-        job = c.submit("photo.jpg", preset="fast", seed=1)
-        for ev in c.events(job["id"]):
-            print(ev.event, ev.data)
-        png = c.result(c.wait(job["id"], timeout=600)["id"])
+with RestoreClient("http://localhost:8000", token=os.environ.get("UPZIR_API_TOKEN")) as c:
+    job = c.submit("photo.jpg", preset="fast", seed=1)
+    for ev in c.events(job["id"]):
+        print(ev.event, ev.data)
+    png = c.result(c.wait(job["id"], timeout=600)["id"])
 """
 
 from __future__ import annotations
@@ -204,7 +204,10 @@ class RestoreClient:
         fields = {k: str(v) for k, v in params.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         response = self._request(
-            "POST", "/restore", files={"image": (name, data, "application/octet-stream")}, data=fields,
+            "POST",
+            "/restore",
+            files={"image": (name, data, "application/octet-stream")},
+            data=fields,
             headers=headers,
         )
         return response.json()

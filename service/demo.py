@@ -39,14 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m service.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("image", type=Path, help="a clean photo")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the running API")
-    p.add_argument("--token", default=os.environ.get("UPZIR_API_TOKEN"),
-                   help="bearer token when the API sets UPZIR_API_TOKENS (default: $UPZIR_API_TOKEN)")
-    p.add_argument("--degrade", default=DEFAULT_DEGRADATION, choices=[*DEGRADATIONS, "none"],
-                   help="what to do to the photo first (none: send it as it is)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("UPZIR_API_TOKEN"),
+        help="bearer token when the API sets UPZIR_API_TOKENS (default: $UPZIR_API_TOKEN)",
+    )
+    p.add_argument(
+        "--degrade",
+        default=DEFAULT_DEGRADATION,
+        choices=[*DEGRADATIONS, "none"],
+        help="what to do to the photo first (none: send it as it is)",
+    )
     p.add_argument("--crop", type=int, default=DEFAULT_CROP, help="centre crop side in pixels (0: whole photo)")
     p.add_argument("--out", type=Path, default=Path("out"))
-    p.add_argument("--set", dest="fields", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a POST /restore form field, e.g. --set preset=fast")
+    p.add_argument(
+        "--set",
+        dest="fields",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a POST /restore form field, e.g. --set preset=fast",
+    )
     return p
 
 
@@ -77,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
         for ev in client.events(job["id"]):
             if ev.event == "checkpoint":
                 d = ev.data
-                print(f"  round {d.get('round')} step {d.get('step')}/{d.get('total_steps')} t={d.get('t')} "
-                      f"score {d.get('score', 0):.3f} → {d.get('decision')}")
+                print(
+                    f"  round {d.get('round')} step {d.get('step')}/{d.get('total_steps')} t={d.get('t')} "
+                    f"score {d.get('score', 0):.3f} → {d.get('decision')}"
+                )
             elif ev.event in ("status", "completed"):
                 print(f"  {ev.event}: {ev.data.get('status') if isinstance(ev.data, dict) else ev.data}")
         done = client.wait(job["id"], timeout=WAIT_TIMEOUT_S)
@@ -93,15 +108,19 @@ def run(args: argparse.Namespace) -> int:
     restored_path = args.out / f"{name}-restored.png"
     restored.save(restored_path)
     m = done["metrics"]
-    print(f"{done['status']}: {restored_path} ({m['steps_run']} steps, {m['rounds']} round(s), "
-          f"early exit {done['early_exit']}, {m['run_s']:.1f} s)")
+    print(
+        f"{done['status']}: {restored_path} ({m['steps_run']} steps, {m['rounds']} round(s), "
+        f"early exit {done['early_exit']}, {m['run_s']:.1f} s)"
+    )
     if reference is None:
         return 0
     strip_path = args.out / f"{name}-before-after.png"
     side_by_side([sent, restored, reference], scale=STRIP_SCALE).save(strip_path)
     before, after = reference_scores(sent, reference), reference_scores(restored, reference)
-    print(f"{strip_path}: degraded | restored | original — PSNR {before['psnr']:.2f} → {after['psnr']:.2f} dB, "
-          f"SSIM {before['ssim']:.3f} → {after['ssim']:.3f}")
+    print(
+        f"{strip_path}: degraded | restored | original — PSNR {before['psnr']:.2f} → {after['psnr']:.2f} dB, "
+        f"SSIM {before['ssim']:.3f} → {after['ssim']:.3f}"
+    )
     return 0
 
 

@@ -42,15 +42,19 @@ class ApiMetrics:
             "restore_queue_depth", "Jobs waiting in the queue (sampled at scrape time).", registry=self.registry
         )
         self.queue_bytes = Gauge(
-            "restore_queue_bytes", "Upload bytes of the queued jobs (sampled at scrape time; capped by "
-            "max_queue_bytes).", registry=self.registry,
+            "restore_queue_bytes",
+            "Upload bytes of the queued jobs (sampled at scrape time; capped by max_queue_bytes).",
+            registry=self.registry,
         )
         self.workers_ready = Gauge(
-            "restore_workers_ready", "Workers with their model loaded and a current heartbeat (sampled at scrape "
-            "time); 0 means jobs queue but nothing runs them.", registry=self.registry,
+            "restore_workers_ready",
+            "Workers with their model loaded and a current heartbeat (sampled at scrape "
+            "time); 0 means jobs queue but nothing runs them.",
+            registry=self.registry,
         )
         self.sse_streams = Gauge(
-            "restore_sse_streams", "Event streams this API process serves now (capped by sse_max_streams).",
+            "restore_sse_streams",
+            "Event streams this API process serves now (capped by sse_max_streams).",
             registry=self.registry,
         )
 

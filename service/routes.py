@@ -32,6 +32,7 @@ router = APIRouter()
 
 JOB_ID = Path(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="Job id.")
 
+
 class ResultFormat(str, Enum):
     png = "png"
     webp = "webp"
@@ -55,9 +56,7 @@ def _restore_openapi() -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "required": [IMAGE_FIELD], "properties": props}
-                }
+                "multipart/form-data": {"schema": {"type": "object", "required": [IMAGE_FIELD], "properties": props}}
             },
         }
     }
@@ -117,7 +116,8 @@ async def restore(
         checkpoints = rounds * math.ceil(cfg.steps / cfg.checkpoint_every)
         if checkpoints > settings.max_checkpoints_per_job:
             raise UploadRejected(
-                422, "bad_params",
+                422,
+                "bad_params",
                 f"this job would write up to {checkpoints} checkpoints ({rounds} round(s) × {cfg.steps} steps / "
                 f"checkpoint_every {cfg.checkpoint_every}); the limit is {settings.max_checkpoints_per_job}: "
                 "raise checkpoint_every or lower steps / max_rounds",
@@ -153,9 +153,7 @@ async def restore(
 
 
 @router.get("/jobs/{job_id}", response_model=Job, responses={**NOT_FOUND, **UNAUTHORIZED})
-def get_job(
-    job_id: str = JOB_ID, caller: Caller = Depends(authenticate), store: JobStore = Depends(get_store)
-) -> Job:
+def get_job(job_id: str = JOB_ID, caller: Caller = Depends(authenticate), store: JobStore = Depends(get_store)) -> Job:
     """The job object."""
     return store.get(job_id, caller.owner)
 

@@ -69,16 +69,16 @@ class RestoreParams(BaseModel):
     eta: float | None = Field(None, ge=0, le=1, description="DQR exit threshold on the score gain.")
     dqr: Literal["on", "off"] | None = Field(None, description="off: one round on a fixed schedule.")
     max_pixels: int | None = Field(
-        None, ge=64 * 64, le=4096 * 4096,
+        None,
+        ge=64 * 64,
+        le=4096 * 4096,
         description="Sample at most this many pixels (larger inputs are downscaled, the result is resized back).",
     )
     webhook: AnyHttpUrl | None = Field(None, description="POSTed the final job object when the job ends.")
 
     def overrides(self) -> dict[str, Any]:
         """Sampler options the caller set (preset and webhook are not sampler options)."""
-        return {
-            k: v for k, v in self.model_dump(exclude_none=True).items() if k not in ("preset", "webhook")
-        }
+        return {k: v for k, v in self.model_dump(exclude_none=True).items() if k not in ("preset", "webhook")}
 
 
 def parse_params(fields: dict[str, str]) -> RestoreParams:
@@ -229,9 +229,7 @@ async def read_upload(request: Request, settings: Settings) -> Upload:
     mime, opts = parse_options_header(request.headers.get("content-type"))
     boundary = opts.get(b"boundary")
     if mime != b"multipart/form-data" or not boundary:
-        raise UploadRejected(
-            415, "not_multipart", f"send multipart/form-data with an `{IMAGE_FIELD}` file field"
-        )
+        raise UploadRejected(415, "not_multipart", f"send multipart/form-data with an `{IMAGE_FIELD}` file field")
     body_cap = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -288,8 +286,11 @@ async def _timed(chunks: AsyncIterator[bytes], settings: Settings) -> AsyncItera
         except StopAsyncIteration:
             return
         except asyncio.TimeoutError:
-            which = (f"no data for {settings.upload_idle_timeout_s:g} s (UPZIR_UPLOAD_IDLE_TIMEOUT_S)" if left >
-                     settings.upload_idle_timeout_s else f"longer than {settings.upload_timeout_s:g} s (UPZIR_UPLOAD_TIMEOUT_S)")
+            which = (
+                f"no data for {settings.upload_idle_timeout_s:g} s (UPZIR_UPLOAD_IDLE_TIMEOUT_S)"
+                if left > settings.upload_idle_timeout_s
+                else f"longer than {settings.upload_timeout_s:g} s (UPZIR_UPLOAD_TIMEOUT_S)"
+            )
             raise UploadRejected(408, "timeout", f"the upload was too slow: {which}; send the body in one go") from None
         yield chunk
 
@@ -304,7 +305,9 @@ class UploadSlots:
     def acquire(self) -> None:
         if self.busy >= self.limit:
             raise UploadRejected(
-                503, "busy", f"{self.limit} uploads are being received right now (UPZIR_MAX_CONCURRENT_UPLOADS); retry shortly"
+                503,
+                "busy",
+                f"{self.limit} uploads are being received right now (UPZIR_MAX_CONCURRENT_UPLOADS); retry shortly",
             )
         self.busy += 1
 
@@ -346,9 +349,7 @@ def inspect_image(data: bytes, kind: Kind, max_pixels: int) -> tuple[int, int]:
         try:
             img.load()
         except Exception as exc:  # any decoder failure is the file's fault, never the API's
-            raise UploadRejected(
-                422, "unreadable", f"the {kind.upper()} file is truncated or corrupt: {exc}"
-            ) from None
+            raise UploadRejected(422, "unreadable", f"the {kind.upper()} file is truncated or corrupt: {exc}") from None
         try:
             orientation = exif_orientation(img)
         except ImageError as exc:

@@ -37,7 +37,9 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
         except Exception as exc:  # keep polling through transient errors, report the last one
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+    raise AssertionError(
+        f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else "")
+    )
 
 
 def free_port() -> int:
@@ -55,7 +57,9 @@ def redis_url() -> str:
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis at {TEST_REDIS_URL} is not reachable ({exc}); start redis-server or set UPZIR_TEST_REDIS_URL")
+        pytest.fail(
+            f"Redis at {TEST_REDIS_URL} is not reachable ({exc}); start redis-server or set UPZIR_TEST_REDIS_URL"
+        )
     finally:
         client.close()
     return TEST_REDIS_URL
@@ -129,8 +133,9 @@ class Spawner:
 
     def env(self, **upzir: object) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("UPZIR_")}
-        env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-                    "TRANSFORMERS_OFFLINE": "1"})
+        env.update(
+            {"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        )
         env.update({f"UPZIR_{k.upper()}": str(v) for k, v in upzir.items()})
         return env
 
@@ -144,8 +149,7 @@ class Spawner:
         import httpx
 
         port = free_port()
-        proc = self.start("api", [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                          **upzir)
+        proc = self.start("api", [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], **upzir)
         base = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
@@ -182,8 +186,9 @@ class Spawner:
         if exe is None:
             pytest.skip("redis-server binary not installed")
         port = port or free_port()
-        proc = self.start("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                    "--appendonly", "no"])
+        proc = self.start(
+            "redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        )
         import redis
 
         client = redis.Redis(port=port, socket_connect_timeout=0.5)

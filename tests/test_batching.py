@@ -99,10 +99,12 @@ def test_cancel_and_failure_end_only_their_own_job(restorer):
 
 
 def test_a_bad_job_in_restore_many_is_its_own_outcome(restorer):
-    outcomes = restorer.restore_many([
-        (random_image(16, 16), resolve_config("fast", {**FAST, "perceptual": "on"})),  # no VGG loaded
-        (random_image(16, 16), resolve_config("fast", FAST)),
-    ])
+    outcomes = restorer.restore_many(
+        [
+            (random_image(16, 16), resolve_config("fast", {**FAST, "perceptual": "on"})),  # no VGG loaded
+            (random_image(16, 16), resolve_config("fast", FAST)),
+        ]
+    )
     assert outcomes[0].result is None and "perceptual=on" in str(outcomes[0].error)
     assert outcomes[1].error is None and outcomes[1].unwrap().image.size == (16, 16)
 

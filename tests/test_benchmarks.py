@@ -67,9 +67,27 @@ def test_quality_runs_end_to_end_and_resumes(tiny_ldm_dir: Path, tmp_path: Path)
     from benchmarks import quality
 
     out = tmp_path / "q"
-    argv = ["--model", str(tiny_ldm_dir), "--data-root", str(_fake_data_root(tmp_path)), "--data", "fake",
-            "--size", "32", "--images", "2", "--degradations", "noise25", "--methods", "input,full,dqr=off;kappa=100",
-            "--set", "steps=2,checkpoint_every=1", "--out", str(out), "--no-progress"]
+    argv = [
+        "--model",
+        str(tiny_ldm_dir),
+        "--data-root",
+        str(_fake_data_root(tmp_path)),
+        "--data",
+        "fake",
+        "--size",
+        "32",
+        "--images",
+        "2",
+        "--degradations",
+        "noise25",
+        "--methods",
+        "input,full,dqr=off;kappa=100",
+        "--set",
+        "steps=2,checkpoint_every=1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert quality.main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 3
@@ -101,20 +119,55 @@ def test_quality_rejects_unknown_method(tmp_path: Path) -> None:
     from benchmarks import quality
 
     with pytest.raises(SystemExit):
-        quality.main(["--model", "x", "--data-root", str(_fake_data_root(tmp_path)), "--data", "fake",
-                      "--methods", "bogus", "--out", str(tmp_path / "q")])
+        quality.main(
+            [
+                "--model",
+                "x",
+                "--data-root",
+                str(_fake_data_root(tmp_path)),
+                "--data",
+                "fake",
+                "--methods",
+                "bogus",
+                "--out",
+                str(tmp_path / "q"),
+            ]
+        )
 
 
 def test_speed_runs_on_tiny_model(tiny_ldm_dir: Path, tmp_path: Path) -> None:
     from benchmarks import speed
 
     out = tmp_path / "s"
-    assert speed.main(["--model", str(tiny_ldm_dir), "--size", "32", "--presets", "fast", "--set",
-                       "steps=2,checkpoint_every=1", "--concurrent", "1,2", "--batch", "2", "--out", str(out),
-                       "--data-root", str(tmp_path / "nodata")]) == 0
+    assert (
+        speed.main(
+            [
+                "--model",
+                str(tiny_ldm_dir),
+                "--size",
+                "32",
+                "--presets",
+                "fast",
+                "--set",
+                "steps=2,checkpoint_every=1",
+                "--concurrent",
+                "1,2",
+                "--batch",
+                "2",
+                "--out",
+                str(out),
+                "--data-root",
+                str(tmp_path / "nodata"),
+            ]
+        )
+        == 0
+    )
     data = json.loads((out / "speed.json").read_text())
     assert [(r["preset"], r["mode"], r["concurrent"]) for r in data["rows"]] == [
-        ("fast", "threads", 1), ("fast", "threads", 2), ("fast", "batch", 2)]
+        ("fast", "threads", 1),
+        ("fast", "threads", 2),
+        ("fast", "batch", 2),
+    ]
     for r in data["rows"]:
         assert r["steps_run"] == 2 and r["ms_per_step"] > 0 and r["images_per_min"] > 0
     assert "random" not in data["weights"]
@@ -128,9 +181,29 @@ def test_quality_lol_no_reference(tiny_ldm_dir: Path, tmp_path: Path) -> None:
     low.mkdir(parents=True)
     Image.fromarray((np.asarray(_clean(48)) * 0.2).astype(np.uint8), "RGB").save(low / "1.png")
     out = tmp_path / "lol"
-    assert quality.main(["--model", str(tiny_ldm_dir), "--data-root", str(tmp_path / "data"), "--lol",
-                         "--size", "48", "--images", "1", "--methods", "input,full", "--set",
-                         "steps=2,checkpoint_every=1", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        quality.main(
+            [
+                "--model",
+                str(tiny_ldm_dir),
+                "--data-root",
+                str(tmp_path / "data"),
+                "--lol",
+                "--size",
+                "48",
+                "--images",
+                "1",
+                "--methods",
+                "input,full",
+                "--set",
+                "steps=2,checkpoint_every=1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["method"] for r in rows] == ["input", "full"]
     assert all(r["degradation"] == "real-lowlight" and r["piqe"] is not None for r in rows)
@@ -142,14 +215,32 @@ def test_baselines_ceiling_and_dqr_columns(tiny_ldm_dir: Path, tmp_path: Path) -
     from benchmarks import quality
 
     out = tmp_path / "b"
-    argv = ["--model", str(tiny_ldm_dir), "--data-root", str(_fake_data_root(tmp_path)), "--data", "fake",
-            "--size", "32", "--images", "1", "--degradations", "clean,lowlight",
-            "--methods", "input,ae,gamma,dcp,full", "--set", "steps=4,checkpoint_every=2", "--out", str(out),
-            "--no-progress"]
+    argv = [
+        "--model",
+        str(tiny_ldm_dir),
+        "--data-root",
+        str(_fake_data_root(tmp_path)),
+        "--data",
+        "fake",
+        "--size",
+        "32",
+        "--images",
+        "1",
+        "--degradations",
+        "clean,lowlight",
+        "--methods",
+        "input,ae,gamma,dcp,full",
+        "--set",
+        "steps=4,checkpoint_every=2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert quality.main(argv) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {(r["degradation"], r["method"]) for r in rows} == {
-        (d, m) for d in ("clean", "lowlight") for m in ("input", "ae", "gamma", "dcp", "full")}
+        (d, m) for d in ("clean", "lowlight") for m in ("input", "ae", "gamma", "dcp", "full")
+    }
     clean_input = next(r for r in rows if r["degradation"] == "clean" and r["method"] == "input")
     assert clean_input["psnr"] is None or clean_input["psnr"] > 60  # 'clean' is the crop itself
     full = [r for r in rows if r["method"] == "full"]
@@ -187,8 +278,10 @@ def test_haze_tradeoff_reports_gate_and_strength(tmp_path: Path) -> None:
         for i in range(n):
             _clean(48, seed=10 * n + i).save(root / folder / f"im{i}.png")
     out = tmp_path / "haze"
-    assert haze_tradeoff.main(["--data-root", str(root), "--size", "48", "--hazy", "2", "--clean", "3",
-                               "--out", str(out)]) == 0
+    assert (
+        haze_tradeoff.main(["--data-root", str(root), "--size", "48", "--hazy", "2", "--clean", "3", "--out", str(out)])
+        == 0
+    )
     data = json.loads((out / "results.json").read_text())
     assert {g["omega"] for g in data["gated"]} == set(haze_tradeoff.OMEGAS)
     assert all(0.0 <= g["clean_flagged"] <= 1.0 for g in data["best_gates"].values())
@@ -206,8 +299,23 @@ def test_dark_targets_scores_every_variant(tmp_path: Path) -> None:
         for i in range(2):
             _clean(64, seed=20 + i).save(root / folder / f"im{i}.png")
     out = tmp_path / "dark"
-    assert dark_targets.main(["--data-root", str(root), "--size", "64", "--images", "2",
-                              "--variants", "default dark_denoise=off", "--out", str(out)]) == 0
+    assert (
+        dark_targets.main(
+            [
+                "--data-root",
+                str(root),
+                "--size",
+                "64",
+                "--images",
+                "2",
+                "--variants",
+                "default dark_denoise=off",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
     assert set(rows) == {"default", "dark_denoise=off"}
     assert rows["default"]["lowlight+noise"]["psnr"] > rows["dark_denoise=off"]["lowlight+noise"]["psnr"]

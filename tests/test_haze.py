@@ -76,8 +76,9 @@ def tiny_restorer(tiny_ldm_dir):
     return Restorer(load_prior(str(tiny_ldm_dir), device="cpu"), load_judge("piqe"), perceptual=None)
 
 
-@pytest.mark.parametrize("dehaze_mode, hazy_input, flagged", [
-    ("auto", True, True), ("auto", False, False), ("off", True, False)])
+@pytest.mark.parametrize(
+    "dehaze_mode, hazy_input, flagged", [("auto", True, True), ("auto", False, False), ("off", True, False)]
+)
 def test_restore_reports_whether_it_dehazed(tiny_restorer, dehaze_mode, hazy_input, flagged):
     img = _as_pil(veil(scene(32)) if hazy_input else pil_to_tensor(random_image(32, 32)))
     cfg = resolve_config("fast", {"steps": 2, "checkpoint_every": 1, "seed": 0, "dehaze": dehaze_mode})

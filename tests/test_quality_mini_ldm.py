@@ -24,8 +24,10 @@ HARM_MARGIN_DB = 1.5
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (MINI_LDM / "unet").is_dir() or not KODAK.is_dir(),
-                       reason="../shared/weights/mini-ldm or ../shared/data/kodak24 not present"),
+    pytest.mark.skipif(
+        not (MINI_LDM / "unet").is_dir() or not KODAK.is_dir(),
+        reason="../shared/weights/mini-ldm or ../shared/data/kodak24 not present",
+    ),
 ]
 
 
@@ -42,8 +44,10 @@ def crop(name: str) -> Image.Image:
     return centre_crop(Image.open(KODAK / f"{name}.png"), CROP)
 
 
-@pytest.mark.parametrize(("name", "kind"), [("kodim05", "noise25"), ("kodim23", "noise25"),
-                                            ("kodim05", "lowlight+noise"), ("kodim05", "haze")])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("kodim05", "noise25"), ("kodim23", "noise25"), ("kodim05", "lowlight+noise"), ("kodim05", "haze")],
+)
 def test_default_preset_restores_blind(restorer, name, kind):
     clean = crop(name)
     degraded, _ = degrade(clean, kind, name)

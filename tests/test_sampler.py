@@ -37,8 +37,12 @@ def test_runs_and_emits_checkpoints_in_both_layouts(layout, tiny_ldm_dir, tiny_s
     model = tiny_ldm_dir if layout == "uncond" else tiny_sd_dir
     r = Restorer.load(str(model), device="cpu", judge="piqe", perceptual="off")
     seen, steps = [], []
-    result = r.restore(random_image(36, 28), resolve_config("fast", {**FAST, "dqr": "off"}),
-                       on_checkpoint=seen.append, on_step=steps.append)
+    result = r.restore(
+        random_image(36, 28),
+        resolve_config("fast", {**FAST, "dqr": "off"}),
+        on_checkpoint=seen.append,
+        on_step=steps.append,
+    )
     assert result.image.size == (36, 28) and result.image.mode == "RGB"
     assert [c.step for c in seen] == [2, 4, 6, 8] and result.steps_run == 8 == len(steps)
     assert all(set(c.to_dict()) >= {"round", "step", "t", "score", "decision", "elapsed_s"} for c in seen)
@@ -101,8 +105,15 @@ def test_odd_sizes_and_downscaled_inputs_come_back_at_their_own_size(prior, piqe
         assert result.sampled_size[0] * result.sampled_size[1] <= 64 * 64
 
 
-@pytest.mark.parametrize("ablation", [{"pcdm": "resblock"}, {"degloss": "l1"}, {"pcdm_init": "random"},
-                                      {"degloss_direction": "symmetric", "ggd_center": True}])
+@pytest.mark.parametrize(
+    "ablation",
+    [
+        {"pcdm": "resblock"},
+        {"degloss": "l1"},
+        {"pcdm_init": "random"},
+        {"degloss_direction": "symmetric", "ggd_center": True},
+    ],
+)
 def test_ablations_run(prior, piqe, ablation):
     result = restorer_with(prior, piqe).restore(random_image(16, 16), resolve_config("fast", {**FAST, **ablation}))
     assert result.config | ablation == result.config and result.image.size == (16, 16)
@@ -144,8 +155,9 @@ def test_result_is_the_chosen_checkpoint_never_an_unguided_one(prior):
     """The first checkpoints come before guidance acts (unconditional samples): even when the judge loves them,
     the returned image and its reported score come from a guided checkpoint."""
     judge = scripted_judge([0.99, 0.99, 0.3, 0.5, 0.7, 0.71])
-    cfg = resolve_config("fast", {**FAST, "steps": 12, "checkpoint_every": 2, "min_guided_intervals": 1,
-                                  "dqr": "on", "detail": "off"})
+    cfg = resolve_config(
+        "fast", {**FAST, "steps": 12, "checkpoint_every": 2, "min_guided_intervals": 1, "dqr": "on", "detail": "off"}
+    )
     result = restorer_with(prior, judge).restore(random_image(20, 20), cfg)
     assert result.final_score < 0.99
     chosen = [c for c in result.checkpoints if c.score == result.final_score]

@@ -40,20 +40,26 @@ def api(module_spawn, redis_url) -> str:
     return base
 
 
-def submit(base: str, image: bytes | None = None, filename: str = "in.png", ctype: str = "image/png",
-           data: dict | None = None, headers: dict | None = None) -> httpx.Response:
+def submit(
+    base: str,
+    image: bytes | None = None,
+    filename: str = "in.png",
+    ctype: str = "image/png",
+    data: dict | None = None,
+    headers: dict | None = None,
+) -> httpx.Response:
     files = {"image": (filename, image if image is not None else image_bytes(), ctype)}
     return httpx.post(f"{base}/restore", files=files, data=data or {}, headers=headers, timeout=10)
 
 
 def png_with_header(width: int, height: int) -> bytes:
     """A syntactically valid PNG whose IHDR claims width×height (with a tiny IDAT): a bomb's header."""
+
     def chunk(tag: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
 def scrape(base: str) -> str:
@@ -92,8 +98,16 @@ def test_health_readiness_and_docs_without_worker(api, redis_client):
     spec = httpx.get(f"{api}/openapi.json").json()
     body = spec["paths"]["/restore"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert {"image", "preset", "seed", "steps", "max_rounds", "webhook"} <= set(body["properties"])
-    for path in ("/jobs/{job_id}", "/jobs/{job_id}/events", "/jobs/{job_id}/result", "/jobs/{job_id}/cancel",
-                 "/jobs/{job_id}/checkpoints/{n}/preview", "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/events",
+        "/jobs/{job_id}/result",
+        "/jobs/{job_id}/cancel",
+        "/jobs/{job_id}/checkpoints/{n}/preview",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in spec["paths"], path
 
 
@@ -101,20 +115,41 @@ def test_health_readiness_and_docs_without_worker(api, redis_client):
 
 
 def test_submit_answers_202_with_the_job_object(api, redis_client):
-    r = submit(api, image_bytes((40, 32)), filename="cat.png", data={"seed": "1", "steps": "4",
-                                                                      "checkpoint_every": "2"})
+    r = submit(
+        api, image_bytes((40, 32)), filename="cat.png", data={"seed": "1", "steps": "4", "checkpoint_every": "2"}
+    )
     assert r.status_code == 202, r.text
     job = r.json()
     assert r.headers["Location"] == f"/jobs/{job['id']}"
-    assert set(job) == {"id", "status", "created_at", "started_at", "completed_at", "input", "progress",
-                        "queue_position", "early_exit", "metrics", "error", "urls"}
+    assert set(job) == {
+        "id",
+        "status",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "input",
+        "progress",
+        "queue_position",
+        "early_exit",
+        "metrics",
+        "error",
+        "urls",
+    }
     assert job["status"] == "queued" and job["queue_position"] == 0
-    assert job["input"] == {"filename": "cat.png", "width": 40, "height": 32,
-                            "params": {"preset": "balanced", "seed": 1, "steps": 4, "checkpoint_every": 2}}
+    assert job["input"] == {
+        "filename": "cat.png",
+        "width": 40,
+        "height": 32,
+        "params": {"preset": "balanced", "seed": 1, "steps": 4, "checkpoint_every": 2},
+    }
     assert set(job["progress"]) == {"round", "step", "total_steps", "last_score", "checkpoints"}
     assert set(job["metrics"]) == {"queue_wait_s", "run_s", "steps_run", "rounds"}
-    assert job["urls"] == {"get": f"/jobs/{job['id']}", "events": f"/jobs/{job['id']}/events",
-                           "result": f"/jobs/{job['id']}/result", "cancel": f"/jobs/{job['id']}/cancel"}
+    assert job["urls"] == {
+        "get": f"/jobs/{job['id']}",
+        "events": f"/jobs/{job['id']}/events",
+        "result": f"/jobs/{job['id']}/result",
+        "cancel": f"/jobs/{job['id']}/cancel",
+    }
     second = submit(api).json()
     assert second["queue_position"] == 1
     assert httpx.get(f"{api}/jobs/{job['id']}").json()["id"] == job["id"]
@@ -175,7 +210,15 @@ def _png_with_broken_exif() -> bytes:
         (_big_but_small_file(), "pixels"),
         (b"\x89PNG\r\n\x1a\n" + b"garbage" * 10, "cannot be read"),
     ],
-    ids=["truncated", "broken-exif", "zero-bytes", "zero-width", "header-bomb", "over-pixel-cap", "garbage-after-magic"],
+    ids=[
+        "truncated",
+        "broken-exif",
+        "zero-bytes",
+        "zero-width",
+        "header-bomb",
+        "over-pixel-cap",
+        "garbage-after-magic",
+    ],
 )
 def test_unreadable_or_oversized_images_are_422(api, redis_client, payload, words):
     started = time.monotonic()
@@ -189,20 +232,30 @@ def test_unreadable_or_oversized_images_are_422(api, redis_client, payload, word
 def test_oversized_bodies_are_refused_while_streaming(api, redis_client):
     before = sample(scrape(api), "restore_upload_rejected_total", reason="too_large")
     boundary = "upzirtestboundary"
-    part_head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-                 "Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG\r\n\x1a\n"
+    part_head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + b"\x89PNG\r\n\x1a\n"
 
     # 1. Declared Content-Length over the cap: refused before a single body byte is sent.
     with socket.create_connection(("127.0.0.1", int(api.rsplit(":", 1)[1])), timeout=5) as s:
-        s.sendall((f"POST /restore HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary={boundary}"
-                   f"\r\nContent-Length: {CAP * 10}\r\n\r\n").encode())
+        s.sendall(
+            (
+                f"POST /restore HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary={boundary}"
+                f"\r\nContent-Length: {CAP * 10}\r\n\r\n"
+            ).encode()
+        )
         reply = s.recv(4096)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
 
     # 2. Chunked, no Content-Length: refused once the cap is crossed, while the body is still open.
     with socket.create_connection(("127.0.0.1", int(api.rsplit(":", 1)[1])), timeout=5) as s:
-        s.sendall((f"POST /restore HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary={boundary}"
-                   "\r\nTransfer-Encoding: chunked\r\n\r\n").encode())
+        s.sendall(
+            (
+                f"POST /restore HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary={boundary}"
+                "\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
         chunk = b"\0" * 16384
         s.sendall(f"{len(part_head):x}\r\n".encode() + part_head + b"\r\n")
         for _ in range(CAP // len(chunk) + 2):  # just over the cap; the terminating 0-chunk is never sent
@@ -249,8 +302,13 @@ def test_missing_image_field_is_422(api, redis_client):
 
 
 def test_unknown_jobs_are_404_and_unfinished_results_409(api, redis_client):
-    for method, path in [("GET", "/jobs/nope"), ("GET", "/jobs/nope/result"), ("POST", "/jobs/nope/cancel"),
-                         ("GET", "/jobs/nope/events"), ("GET", "/jobs/nope/checkpoints/0/preview")]:
+    for method, path in [
+        ("GET", "/jobs/nope"),
+        ("GET", "/jobs/nope/result"),
+        ("POST", "/jobs/nope/cancel"),
+        ("GET", "/jobs/nope/events"),
+        ("GET", "/jobs/nope/checkpoints/0/preview"),
+    ]:
         r = httpx.request(method, f"{api}{path}")
         assert r.status_code == 404, (path, r.text)
         assert "nope" in r.json()["detail"]
@@ -282,8 +340,7 @@ def test_cancel_a_queued_job(api, redis_client):
     assert final["id"] == a["id"] and final["status"] == "canceled"
     first_id = [line for line in text.splitlines() if line.startswith("id:")][0].split(":", 1)[1].strip()
     resumed = httpx.get(f"{api}/jobs/{a['id']}/events", headers={"Last-Event-ID": first_id}, timeout=10).text
-    assert [line for line in resumed.splitlines() if line.startswith("event:")] == ["event: status",
-                                                                                   "event: completed"]
+    assert [line for line in resumed.splitlines() if line.startswith("event:")] == ["event: status", "event: completed"]
 
     # Nothing it left behind lives forever.
     for key in redis_client.scan_iter(f"upzir:job:{a['id']}*"):
@@ -343,14 +400,20 @@ def test_http_metrics_use_route_templates_never_ids(api, redis_client):
     httpx.get(f"{api}/no/such/route")
     text = scrape(api)
     assert job["id"] not in text and "definitely-not-a-job" not in text
-    assert sample(text, "restore_http_request_duration_seconds_count",
-                  route="/jobs/{job_id}", method="GET", status="200") >= 1
-    assert sample(text, "restore_http_request_duration_seconds_count",
-                  route="/jobs/{job_id}", method="GET", status="404") >= 1
-    assert sample(text, "restore_http_request_duration_seconds_count",
-                  route="/restore", method="POST", status="202") >= 1
-    assert sample(text, "restore_http_request_duration_seconds_count",
-                  route="unmatched", method="GET", status="404") >= 1
+    assert (
+        sample(text, "restore_http_request_duration_seconds_count", route="/jobs/{job_id}", method="GET", status="200")
+        >= 1
+    )
+    assert (
+        sample(text, "restore_http_request_duration_seconds_count", route="/jobs/{job_id}", method="GET", status="404")
+        >= 1
+    )
+    assert (
+        sample(text, "restore_http_request_duration_seconds_count", route="/restore", method="POST", status="202") >= 1
+    )
+    assert (
+        sample(text, "restore_http_request_duration_seconds_count", route="unmatched", method="GET", status="404") >= 1
+    )
 
 
 def _mutations(n: int, seed: int = 0) -> list[tuple[str, bytes]]:

@@ -14,15 +14,15 @@ from jobs.store import JobStore
 
 @pytest.fixture
 def store(redis_client, redis_url) -> JobStore:
-    s = JobStore(Settings(redis_url=redis_url, result_ttl_s=600, failure_ttl_s=900, pending_ttl_s=1200,
-                              job_timeout_s=600))
+    s = JobStore(
+        Settings(redis_url=redis_url, result_ttl_s=600, failure_ttl_s=900, pending_ttl_s=1200, job_timeout_s=600)
+    )
     yield s
     s.redis.close()
 
 
 def new_job(store: JobStore) -> str:
-    job, created = store.submit(image=image_bytes(), filename="a.png", width=40, height=32,
-                                params={"preset": "fast"})
+    job, created = store.submit(image=image_bytes(), filename="a.png", width=40, height=32, params={"preset": "fast"})
     assert created
     return job.id
 
@@ -75,8 +75,9 @@ def test_everything_a_finished_job_leaves_has_a_ttl(store):
     store.start(job_id, 1, "w")
     store.save_preview(job_id, 0, b"png")
     store.write_progress(job_id, 1, {}, checkpoint={"index": 0})
-    final = store.finish(job_id, 1, JobStatus.SUCCEEDED, result_png=b"result", fields={"early_exit": True,
-                                                                                        "steps_run": 7})
+    final = store.finish(
+        job_id, 1, JobStatus.SUCCEEDED, result_png=b"result", fields={"early_exit": True, "steps_run": 7}
+    )
     assert final.status == "succeeded" and final.early_exit is True and final.steps_run == 7
     assert final.checkpoints == ({"index": 0},)
     assert store.result(job_id) == b"result"

@@ -18,9 +18,18 @@ RETRY_AFTER = 4
 
 def test_redis_outage_is_503_with_retry_after_then_recovers(spawn, tiny_ldm_dir):
     redis_proc, port = spawn.redis_server()
-    env = dict(redis_url=f"redis://127.0.0.1:{port}/0", model=tiny_ldm_dir, device="cpu", judge="piqe",
-               heartbeat_s=0.5, worker_lost_after_s=3, reaper_interval_s=0.5, worker_metrics_port=0,
-               unavailable_retry_after_s=RETRY_AFTER, redis_timeout_s=1)
+    env = dict(
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        model=tiny_ldm_dir,
+        device="cpu",
+        judge="piqe",
+        heartbeat_s=0.5,
+        worker_lost_after_s=3,
+        reaper_interval_s=0.5,
+        worker_metrics_port=0,
+        unavailable_retry_after_s=RETRY_AFTER,
+        redis_timeout_s=1,
+    )
     api_proc, api = spawn.api(**env)
     worker = spawn.worker("survivor", **env)
     with RestoreClient(api, timeout=15) as client:
@@ -31,8 +40,12 @@ def test_redis_outage_is_503_with_retry_after_then_recovers(spawn, tiny_ldm_dir)
         r = httpx.post(f"{api}/restore", files={"image": ("a.png", image_bytes(), "image/png")}, timeout=15)
         assert r.status_code == 503, r.text
         assert r.headers["Retry-After"] == str(RETRY_AFTER) and "Redis" in r.json()["detail"]
-        for path in (f"/jobs/{before['id']}", f"/jobs/{before['id']}/result", f"/jobs/{before['id']}/events",
-                     "/readyz"):
+        for path in (
+            f"/jobs/{before['id']}",
+            f"/jobs/{before['id']}/result",
+            f"/jobs/{before['id']}/events",
+            "/readyz",
+        ):
             down = httpx.get(f"{api}{path}", timeout=15)
             assert down.status_code == 503 and down.headers["Retry-After"] == str(RETRY_AFTER), path
         assert httpx.get(f"{api}/healthz").status_code == 200
@@ -40,14 +53,27 @@ def test_redis_outage_is_503_with_retry_after_then_recovers(spawn, tiny_ldm_dir)
         with pytest.raises(ServiceUnavailable) as unavailable:
             client.submit(image_bytes())
         assert unavailable.value.retry_after == RETRY_AFTER
-        wait_for(lambda: "could not connect to Redis" in worker.log(), timeout=30,
-                 what="the worker to notice the outage")
+        wait_for(
+            lambda: "could not connect to Redis" in worker.log(), timeout=30, what="the worker to notice the outage"
+        )
 
         spawn.redis_server(port)  # Redis is back (empty: this one has no persistence)
-        job = wait_for(lambda: (r := httpx.post(f"{api}/restore", data={k: str(v) for k, v in FAST.items()},
-                                                files={"image": ("a.png", image_bytes(), "image/png")},
-                                                timeout=15)).status_code == 202 and r.json(),
-                       timeout=30, what="the API to accept jobs again")
+        job = wait_for(
+            lambda: (
+                (
+                    r := httpx.post(
+                        f"{api}/restore",
+                        data={k: str(v) for k, v in FAST.items()},
+                        files={"image": ("a.png", image_bytes(), "image/png")},
+                        timeout=15,
+                    )
+                ).status_code
+                == 202
+                and r.json()
+            ),
+            timeout=30,
+            what="the API to accept jobs again",
+        )
         assert client.wait(job["id"], timeout=JOB_TIMEOUT_S)["status"] == "succeeded"
         wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, timeout=10, what="readiness")
     assert api_proc.alive() and worker.alive()  # nobody was restarted
@@ -58,8 +84,9 @@ def test_a_full_redis_is_503_with_retry_after_not_500(spawn):
     import redis
 
     redis_proc, port = spawn.redis_server()
-    _, api = spawn.api(redis_url=f"redis://127.0.0.1:{port}/0", unavailable_retry_after_s=RETRY_AFTER,
-                       redis_timeout_s=1)
+    _, api = spawn.api(
+        redis_url=f"redis://127.0.0.1:{port}/0", unavailable_retry_after_s=RETRY_AFTER, redis_timeout_s=1
+    )
     r = redis.Redis(port=port)
     r.config_set("maxmemory-policy", "noeviction")
     r.config_set("maxmemory", 1)  # below what Redis already uses: every write is refused

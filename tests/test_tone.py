@@ -41,7 +41,9 @@ def test_dark_denoise_removes_noise_and_keeps_a_clean_image():
     out = shrink_noise(noisy, max_shifts=1, wavelet="db1")
     assert out.shape == noisy.shape and out.dtype == noisy.dtype
     assert (out - ramp).square().mean() < 0.25 * (noisy - ramp).square().mean()
-    assert (shrink_noise(ramp.clone(), max_shifts=0, wavelet="sym4") - ramp).abs().max() < 0.01  # no noise: σ at its floor, no NaN
+    assert (
+        shrink_noise(ramp.clone(), max_shifts=0, wavelet="sym4") - ramp
+    ).abs().max() < 0.01  # no noise: σ at its floor, no NaN
     crushed = noisy.clone()
     crushed[..., :40, :] = 0  # most pixels clipped to black: the MAD estimate is 0
     assert torch.isfinite(shrink_noise(crushed, max_shifts=1, wavelet="db1")).all()

@@ -22,8 +22,15 @@ from PIL import Image, ImageDraw
 pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("UPZIR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 SHOTS = Path(os.environ.get("UPZIR_SCREENSHOT_DIR", "/tmp/upzir-webpage"))
 JOB_TIMEOUT_MS = 120_000
 """Upper bound for a tiny job on 2 busy CPU cores; waits end as soon as the page shows the result."""
@@ -76,8 +83,9 @@ def api(browser, module_spawn, redis_url, service_env) -> str:
 @pytest.fixture(scope="module")
 def token_api(api, module_spawn, service_env) -> str:
     """The same service behind bearer tokens, with short event streams; `api`'s worker runs its jobs."""
-    _, base = module_spawn.api(api_tokens=f"{TOKEN},{OTHER_TOKEN}", sse_max_duration_s=SSE_MAX_DURATION_S,
-                               **service_env)
+    _, base = module_spawn.api(
+        api_tokens=f"{TOKEN},{OTHER_TOKEN}", sse_max_duration_s=SSE_MAX_DURATION_S, **service_env
+    )
     return base
 
 
@@ -137,12 +145,17 @@ def _follow_to_the_end(page, shot: str) -> str:
     page.wait_for_selector("#job:not([hidden])")
     page.wait_for_selector("#checkpoints tbody tr", timeout=JOB_TIMEOUT_MS)
     page.wait_for_selector("#chart .point", timeout=5_000)
-    page.wait_for_function("() => { const i = document.getElementById('preview');"
-                           " return !i.hidden && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+    page.wait_for_function(
+        "() => { const i = document.getElementById('preview'); return !i.hidden && i.complete && i.naturalWidth > 0; }",
+        timeout=10_000,
+    )
     page.screenshot(path=str(SHOTS / f"{shot}-live.png"), full_page=True)
     page.wait_for_selector("#result:not([hidden])", timeout=JOB_TIMEOUT_MS)
-    page.wait_for_function("() => ['before', 'after'].every(id => { const i = document.getElementById(id);"
-                           " return i.complete && i.naturalWidth > 0; })", timeout=10_000)
+    page.wait_for_function(
+        "() => ['before', 'after'].every(id => { const i = document.getElementById(id);"
+        " return i.complete && i.naturalWidth > 0; })",
+        timeout=10_000,
+    )
     assert page.inner_text("#status") == "succeeded" and page.is_hidden("#cancel")
     return page.get_attribute("#job", "data-job-id")
 
@@ -252,8 +265,7 @@ def test_without_a_token_the_page_asks_for_one(token_api, page):
 
     page.fill("#token", "not-a-token")
     page.click("#submit")
-    page.wait_for_function(f"() => document.getElementById('error').textContent === {BAD_TOKEN!r}",
-                           timeout=10_000)
+    page.wait_for_function(f"() => document.getElementById('error').textContent === {BAD_TOKEN!r}", timeout=10_000)
     assert page.get_attribute("#error", "data-status") == "401" and page.is_hidden("#job")
 
 
@@ -278,7 +290,10 @@ def test_with_the_token_a_restoration_runs_end_to_end(token_api, page):
     # every API call carried the token; the page and its assets needed none
     api_calls = [r for r in requests if re.search(r"/(restore|jobs/)", r.url)]
     assert {r.url.split("?")[0].removeprefix(token_api) for r in api_calls} >= {
-        "/restore", f"/jobs/{job_id}", f"/jobs/{job_id}/events", f"/jobs/{job_id}/result",
+        "/restore",
+        f"/jobs/{job_id}",
+        f"/jobs/{job_id}/events",
+        f"/jobs/{job_id}/result",
         f"/jobs/{job_id}/checkpoints/0/preview",
     }
     assert all(r.all_headers().get("authorization") == f"Bearer {TOKEN}" for r in api_calls)

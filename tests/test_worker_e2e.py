@@ -56,9 +56,17 @@ def stack(module_spawn, redis_url, tiny_ldm_dir):
 
     redis.Redis.from_url(redis_url).flushdb()
     metrics_port = free_port()
-    env = dict(redis_url=redis_url, model=tiny_ldm_dir, device="cpu", judge="piqe", heartbeat_s=0.5,
-               worker_lost_after_s=5, reaper_interval_s=0.5,
-               webhook_allow_networks="127.0.0.1/32", webhook_secret=WEBHOOK_SECRET)  # the receiver is local
+    env = dict(
+        redis_url=redis_url,
+        model=tiny_ldm_dir,
+        device="cpu",
+        judge="piqe",
+        heartbeat_s=0.5,
+        worker_lost_after_s=5,
+        reaper_interval_s=0.5,
+        webhook_allow_networks="127.0.0.1/32",
+        webhook_secret=WEBHOOK_SECRET,
+    )  # the receiver is local
     _, api = module_spawn.api(**env)
     worker = module_spawn.worker("e2e", worker_metrics_port=metrics_port, **env)
     s = Stack(api, worker, f"http://127.0.0.1:{metrics_port}/metrics")
@@ -176,7 +184,9 @@ def test_the_demo_degrades_restores_and_writes_the_strip(stack, tmp_path, capsys
     photo, out = tmp_path / "photo.png", tmp_path / "out"
     photo.write_bytes(image_bytes((40, 30), seed=4))
     fields = [f"{k}={v}" for k, v in FAST.items()]
-    argv = [str(photo), "--url", stack.api, "--crop", "24", "--out", str(out)] + [a for f in fields for a in ("--set", f)]
+    argv = [str(photo), "--url", stack.api, "--crop", "24", "--out", str(out)] + [
+        a for f in fields for a in ("--set", f)
+    ]
     assert demo.main(argv) == 0
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "SSIM" in printed and "succeeded" in printed
@@ -186,8 +196,23 @@ def test_the_demo_degrades_restores_and_writes_the_strip(stack, tmp_path, capsys
     assert Image.open(out / "photo-restored.png").size == Image.open(out / "photo-degraded.png").size == (24, 24)
 
     # an already-degraded photo: sent as it is, no reference, so no strip and no scores
-    assert demo.main([str(photo), "--url", stack.api, "--degrade", "none", "--crop", "0", "--out", str(tmp_path / "raw"),
-                      *[a for f in fields for a in ("--set", f)]]) == 0
+    assert (
+        demo.main(
+            [
+                str(photo),
+                "--url",
+                stack.api,
+                "--degrade",
+                "none",
+                "--crop",
+                "0",
+                "--out",
+                str(tmp_path / "raw"),
+                *[a for f in fields for a in ("--set", f)],
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "raw" / "photo-restored.png").size == (40, 30)
     assert not (tmp_path / "raw" / "photo-before-after.png").exists()
 
@@ -210,8 +235,11 @@ def test_cancel_a_running_job_stops_it_at_the_next_step(stack):
     _wait_running(stack, job["id"])
     asked = stack.client.cancel(job["id"])
     assert asked["status"] == "processing"  # cooperative: the worker ends it
-    final = wait_for(lambda: (j := stack.status(job["id"]))["status"] in ("canceled", "failed", "succeeded") and j,
-                     timeout=30, what="the running job to stop")
+    final = wait_for(
+        lambda: (j := stack.status(job["id"]))["status"] in ("canceled", "failed", "succeeded") and j,
+        timeout=30,
+        what="the running job to stop",
+    )
     assert final["status"] == "canceled", final
     assert "canceled by request" in final["error"]
     assert final["metrics"]["steps_run"] < SLOW["steps"]
@@ -231,8 +259,11 @@ def test_jobs_queued_behind_a_running_one_join_its_batch(stack, redis_url):
     _wait_running(stack, host["id"])
     # the heartbeat publishes the jobs the worker holds, so the reaper can tell a lost job from a running one
     registry = redis.Redis.from_url(redis_url)
-    wait_for(lambda: host["id"] in json.loads(registry.get("upzir:worker:e2e"))["jobs"], timeout=5,
-             what="the worker's heartbeat to list its running job")
+    wait_for(
+        lambda: host["id"] in json.loads(registry.get("upzir:worker:e2e"))["jobs"],
+        timeout=5,
+        what="the worker's heartbeat to list its running job",
+    )
     registry.close()
     joiners = [stack.client.submit(image_bytes((48, 48), seed=s), **{**FAST, "seed": s}) for s in (6, 7)]
     done = [stack.client.wait(j["id"], timeout=JOB_TIMEOUT_S) for j in joiners]
@@ -252,7 +283,10 @@ def test_sigterm_lets_the_running_job_finish_then_exits(stack):
     assert stack.client.wait(job["id"], timeout=JOB_TIMEOUT_S)["status"] == "succeeded"
     assert stack.status(late["id"])["status"] == "queued"
     assert stack.worker.wait(timeout=30) == 0
-    wait_for(lambda: httpx.get(f"{stack.api}/readyz").json()["accepting_work"] is False, timeout=10,
-             what="worker availability to drop with the last worker")
+    wait_for(
+        lambda: httpx.get(f"{stack.api}/readyz").json()["accepting_work"] is False,
+        timeout=10,
+        what="worker availability to drop with the last worker",
+    )
     assert httpx.get(f"{stack.api}/readyz").status_code == 200  # the pod stays ready: results can be fetched
     assert stack.client.result(job["id"])[:8] == b"\x89PNG\r\n\x1a\n"

@@ -31,25 +31,37 @@ def wait_running(client: RestoreClient, job_id: str) -> None:
 
 
 def wait_terminal(client: RestoreClient, job_id: str, timeout: float) -> dict:
-    return wait_for(lambda: (j := client.get(job_id))["status"] in TERMINAL and j, timeout,
-                    what=f"job {job_id} to end")
+    return wait_for(lambda: (j := client.get(job_id))["status"] in TERMINAL and j, timeout, what=f"job {job_id} to end")
 
 
 def test_model_load_failure_exits_nonzero_with_one_clear_line(spawn, redis_client, redis_url, tmp_path):
     missing = tmp_path / "no-such-model"
     env = spawn.env(redis_url=redis_url, device="cpu", judge="piqe", worker_metrics_port=0)
-    proc = subprocess.run([sys.executable, "-m", "worker", "--model", str(missing), "--name", "broken"],
-                          env=env, capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "--model", str(missing), "--name", "broken"],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stderr.decode()[-2000:]
     ours = [line for line in proc.stderr.decode().splitlines() if line.startswith("upzir worker:")]
     assert len(ours) == 1 and "cannot load model" in ours[0] and str(missing) in ours[0]
     assert not redis_client.exists("upzir:worker:broken")  # never announced itself ready
 
 
-def test_sigkilled_worker_job_fails_within_the_bound_and_a_new_worker_takes_over(spawn, redis_client, redis_url,
-                                                                                tiny_ldm_dir):
-    env = dict(redis_url=redis_url, model=str(tiny_ldm_dir), device="cpu", judge="piqe", heartbeat_s=0.5,
-               worker_lost_after_s=2, reaper_interval_s=0.5, worker_metrics_port=0)
+def test_sigkilled_worker_job_fails_within_the_bound_and_a_new_worker_takes_over(
+    spawn, redis_client, redis_url, tiny_ldm_dir
+):
+    env = dict(
+        redis_url=redis_url,
+        model=str(tiny_ldm_dir),
+        device="cpu",
+        judge="piqe",
+        heartbeat_s=0.5,
+        worker_lost_after_s=2,
+        reaper_interval_s=0.5,
+        worker_metrics_port=0,
+    )
     bound = Settings(**env).worker_lost_bound_s
     _, api = spawn.api(**env)
     doomed = spawn.worker("doomed", **env)

@@ -32,8 +32,18 @@ def test_checkpoints_become_progress_events_previews_and_metrics(redis_client, r
     metrics = WorkerMetrics()
     writer = ProgressWriter(store, job_id, 1, metrics, store.settings)
     writer.on_step(SimpleNamespace(round=1, step=1, total_steps=4, steps_run=1))
-    cp = Checkpoint(round=1, step=2, total_steps=4, steps_run=2, t=500, score=0.4, raw_score=60.0,
-                    decision=Decision.REFINE, elapsed_s=0.1, estimate=torch.rand(1, 3, 32, 40))
+    cp = Checkpoint(
+        round=1,
+        step=2,
+        total_steps=4,
+        steps_run=2,
+        t=500,
+        score=0.4,
+        raw_score=60.0,
+        decision=Decision.REFINE,
+        elapsed_s=0.1,
+        estimate=torch.rand(1, 3, 32, 40),
+    )
     writer.on_checkpoint(cp)
     job = store.get(job_id)
     assert job.progress.step == 2 and job.progress.last_score == 0.4

@@ -17,8 +17,9 @@ from jobs.store import JobStore
 
 
 def make(redis_url: str, **overrides) -> tuple[JobStore, Settings]:
-    settings = Settings(redis_url=redis_url, heartbeat_s=0.2, worker_lost_after_s=0.6, reaper_interval_s=0.2,
-                        **overrides)
+    settings = Settings(
+        redis_url=redis_url, heartbeat_s=0.2, worker_lost_after_s=0.6, reaper_interval_s=0.2, **overrides
+    )
     return JobStore(settings), settings
 
 
@@ -33,8 +34,9 @@ def test_live_worker_keeps_its_job_dead_worker_loses_it(redis_client, redis_url)
     assert store.start(job_id, 1, "w1")
     assert reap(store, settings) == []
     notified = []
-    reaped = wait_for(lambda: reap(store, settings, notify=notified.append),
-                      timeout=5, what="the heartbeat key to expire")
+    reaped = wait_for(
+        lambda: reap(store, settings, notify=notified.append), timeout=5, what="the heartbeat key to expire"
+    )
     assert [(r.job_id, r.action) for r in reaped] == [(job_id, "failed")]
     job = store.get(job_id)
     assert job.status == "failed" and "w1" in job.error and "heartbeats" in job.error
@@ -75,8 +77,11 @@ def test_reaper_thread_meets_the_bound(redis_client, redis_url):
     reaper = Reaper(store, settings, owner="test")
     reaper.start()
     try:
-        wait_for(lambda: store.get(job_id).status == "failed", timeout=settings.worker_lost_bound_s + 2,
-                 what="the reaper to fail the job")
+        wait_for(
+            lambda: store.get(job_id).status == "failed",
+            timeout=settings.worker_lost_bound_s + 2,
+            what="the reaper to fail the job",
+        )
     finally:
         reaper.stop(timeout=2)
     assert time.monotonic() - died <= settings.worker_lost_bound_s + 1.0
@@ -132,8 +137,11 @@ def test_orphaned_queued_job_is_recovered_within_the_bound(redis_client, redis_u
     reaper = Reaper(store, settings, owner="test")
     reaper.start()
     try:
-        wait_for(lambda: store.get(job_id).queue_position == 0, timeout=settings.worker_lost_bound_s + 2,
-                 what="the reaper to re-queue the orphan")
+        wait_for(
+            lambda: store.get(job_id).queue_position == 0,
+            timeout=settings.worker_lost_bound_s + 2,
+            what="the reaper to re-queue the orphan",
+        )
     finally:
         reaper.stop(timeout=2)
     assert time.monotonic() - taken <= settings.worker_lost_bound_s + 1.0

@@ -35,13 +35,15 @@ def runtime(restorer, redis_client, redis_url):
 
 
 def submit(rt: tasks.Runtime, params: dict, size=(64, 64)) -> str:
-    return rt.store.submit(image=image_bytes(size), filename=None, width=size[0], height=size[1],
-                           params={"preset": "fast", **params})[0].id
+    return rt.store.submit(
+        image=image_bytes(size), filename=None, width=size[0], height=size[1], params={"preset": "fast", **params}
+    )[0].id
 
 
 def outcome(rt: tasks.Runtime, outcome: str) -> float:
-    return rt.metrics.registry.get_sample_value("restore_jobs_completed_total",
-                                                {"outcome": outcome, "early_exit": "false"})
+    return rt.metrics.registry.get_sample_value(
+        "restore_jobs_completed_total", {"outcome": outcome, "early_exit": "false"}
+    )
 
 
 def test_job_timeout_fails_with_an_actionable_message(runtime):

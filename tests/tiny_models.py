@@ -70,7 +70,9 @@ def make_tiny_uncond_ldm(root: str | Path, seed: int = 0) -> Path:
 
 def _byte_level_alphabet() -> list[str]:
     """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2's mapping)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     extra = 0
     chars = []
     for b in range(256):
@@ -97,8 +99,14 @@ def _write_clip_tokenizer(path: Path) -> None:
         json.dumps({"model_max_length": 16, "tokenizer_class": "CLIPTokenizer"})
     )
     (path / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-                    "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
+        json.dumps(
+            {
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        )
     )
 
 
@@ -139,10 +147,15 @@ def make_tiny_sd(root: str | Path, seed: int = 0) -> Path:
     ).save_pretrained(root / "text_encoder")
     _write_scheduler(root)
     (root / "model_index.json").write_text(
-        json.dumps({"_class_name": "StableDiffusionPipeline", "vae": ["diffusers", "AutoencoderKL"],
-                    "unet": ["diffusers", "UNet2DConditionModel"],
-                    "text_encoder": ["transformers", "CLIPTextModel"],
-                    "tokenizer": ["transformers", "CLIPTokenizer"],
-                    "scheduler": ["diffusers", "DDPMScheduler"]})
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "vae": ["diffusers", "AutoencoderKL"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "scheduler": ["diffusers", "DDPMScheduler"],
+            }
+        )
     )
     return root

@@ -125,9 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `upzir worker` / `python -m worker`; returns the exit status."""
     args = parse_args(argv)
     overrides = {
-        "redis_url": args.redis_url, "queue": args.queue, "model": args.model, "device": args.device,
-        "dtype": args.dtype, "judge": args.judge, "worker_metrics_port": args.metrics_port,
-        "shutdown": args.shutdown, "log_level": args.log_level,
+        "redis_url": args.redis_url,
+        "queue": args.queue,
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "judge": args.judge,
+        "worker_metrics_port": args.metrics_port,
+        "shutdown": args.shutdown,
+        "log_level": args.log_level,
     }
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -145,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             metrics.serve(settings.worker_metrics_port)
         except OSError as exc:
-            print(f"upzir worker: cannot serve metrics on port {settings.worker_metrics_port}: {exc}",
-                  file=sys.stderr)
+            print(f"upzir worker: cannot serve metrics on port {settings.worker_metrics_port}: {exc}", file=sys.stderr)
             return EXIT_METRICS_PORT
 
     from PIL import Image
@@ -189,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         while not stop_event.is_set():
             generation += 1
             worker = RestoreWorker(
-                [settings.queue], connection=rq_connection, name=f"{worker_id}-{generation}",
+                [settings.queue],
+                connection=rq_connection,
+                name=f"{worker_id}-{generation}",
                 default_result_ttl=settings.result_ttl_s,
             )
             worker.shutdown_mode = settings.shutdown

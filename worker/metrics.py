@@ -28,15 +28,20 @@ class WorkerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.job_duration = Histogram(
-            "restore_job_duration_seconds", "Run time of a job, by outcome.", ["outcome"],
-            buckets=DURATION_BUCKETS, registry=r,
+            "restore_job_duration_seconds",
+            "Run time of a job, by outcome.",
+            ["outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "restore_job_queue_wait_seconds", "Time from submit to start.", buckets=DURATION_BUCKETS, registry=r
         )
         self.jobs_completed = Counter(
-            "restore_jobs_completed_total", "Jobs ended, by outcome and whether DQR exited early.",
-            ["outcome", "early_exit"], registry=r,
+            "restore_jobs_completed_total",
+            "Jobs ended, by outcome and whether DQR exited early.",
+            ["outcome", "early_exit"],
+            registry=r,
         )
         self.dqr_decisions = Counter(
             "restore_dqr_decisions_total", "DQR checkpoint decisions.", ["decision"], registry=r
@@ -45,7 +50,9 @@ class WorkerMetrics:
             "restore_sampler_steps", "Sampler steps run per succeeded job.", buckets=STEP_BUCKETS, registry=r
         )
         self.quality_score = Histogram(
-            "restore_quality_score", "Final normalised judge score per succeeded job.", buckets=SCORE_BUCKETS,
+            "restore_quality_score",
+            "Final normalised judge score per succeeded job.",
+            buckets=SCORE_BUCKETS,
             registry=r,
         )
         self.model_load_seconds = Gauge(

@@ -34,9 +34,7 @@ def preview_png(estimate: Any, max_side: int) -> bytes:
 
 
 class ProgressWriter:
-    def __init__(
-        self, store: JobStore, job_id: str, attempt: int, metrics: WorkerMetrics, settings: Settings
-    ) -> None:
+    def __init__(self, store: JobStore, job_id: str, attempt: int, metrics: WorkerMetrics, settings: Settings) -> None:
         self.store = store
         self.job_id = job_id
         self.attempt = attempt
@@ -63,9 +61,7 @@ class ProgressWriter:
 
     def on_step(self, ev: Any) -> None:
         """Each sampler step: position only (cheap; no event)."""
-        self._write(
-            {"round": ev.round, "step": ev.step, "total_steps": ev.total_steps, "steps_run": ev.steps_run}
-        )
+        self._write({"round": ev.round, "step": ev.step, "total_steps": ev.total_steps, "steps_run": ev.steps_run})
 
     def on_checkpoint(self, cp: Any) -> None:
         """A DQR checkpoint: preview, progress, a `checkpoint` event and the decision metric."""

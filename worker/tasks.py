@@ -249,7 +249,10 @@ class JobAttempt:
             self.canvas = self.rt.restorer.canvas(image.size, cfg).padded_size
             budget.check_alone(self.canvas)
             self.prepared = self.rt.restorer.prepare(
-                image, cfg, on_checkpoint=self.progress.on_checkpoint, on_step=self.progress.on_step,
+                image,
+                cfg,
+                on_checkpoint=self.progress.on_checkpoint,
+                on_step=self.progress.on_step,
                 should_cancel=self.should_cancel,
             )
             return True
@@ -270,8 +273,11 @@ class JobAttempt:
             self.end(self.outcome_of(exc))
             return False
         result.peak_memory_bytes = self.peak
-        fields: dict[str, Any] = {"early_exit": bool(result.early_exit), "steps_run": result.steps_run,
-                                  "rounds": result.rounds}
+        fields: dict[str, Any] = {
+            "early_exit": bool(result.early_exit),
+            "steps_run": result.steps_run,
+            "rounds": result.rounds,
+        }
         if result.final_score is not None:
             fields["last_score"] = result.final_score
         self.end(Outcome(JobStatus.SUCCEEDED, result_png=_encode_png(result.image), fields=fields, result=result))
@@ -290,12 +296,22 @@ class JobAttempt:
                 log.warning("job %s attempt %d: no longer ours, result discarded", self.job_id, self.attempt)
                 return None
             if why == StopReason.TIMEOUT:
-                return Outcome(JobStatus.FAILED, fields=fields, error=(
-                    f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S) at step {exc.steps_run};"
-                    " use fewer steps, a faster preset or a smaller image"))
+                return Outcome(
+                    JobStatus.FAILED,
+                    fields=fields,
+                    error=(
+                        f"timed out after {settings.job_timeout_s} s (UPZIR_JOB_TIMEOUT_S) at step {exc.steps_run};"
+                        " use fewer steps, a faster preset or a smaller image"
+                    ),
+                )
             if why == StopReason.SHUTDOWN:
-                return Outcome(JobStatus.CANCELED, fields=fields, error=(
-                    f"canceled after {exc.steps_run} steps: the worker shut down (UPZIR_SHUTDOWN=cancel); submit again"))
+                return Outcome(
+                    JobStatus.CANCELED,
+                    fields=fields,
+                    error=(
+                        f"canceled after {exc.steps_run} steps: the worker shut down (UPZIR_SHUTDOWN=cancel); submit again"
+                    ),
+                )
             return Outcome(JobStatus.CANCELED, fields=fields, error=f"canceled by request after {exc.steps_run} steps")
         if isinstance(exc, (ConfigError, ImageError)):
             return Outcome(JobStatus.FAILED, error=f"invalid job: {exc}")
@@ -348,14 +364,19 @@ def _store_outcome(rt: Runtime, job: JobAttempt, outcome: Outcome) -> None:
         reraise=True,
     )
     def write() -> JobRecord | None:
-        return rt.store.finish(job.job_id, job.attempt, outcome.status, error=outcome.error,
-                               result_png=outcome.result_png, fields=fields)
+        return rt.store.finish(
+            job.job_id, job.attempt, outcome.status, error=outcome.error, result_png=outcome.result_png, fields=fields
+        )
 
     try:
         final = write()
     except RedisError as exc:
-        log.error("job %s: outcome %s could not be stored (%s); the reaper will fail it", job.job_id,
-                  outcome.status.value, exc)
+        log.error(
+            "job %s: outcome %s could not be stored (%s); the reaper will fail it",
+            job.job_id,
+            outcome.status.value,
+            exc,
+        )
         final = None
     early_exit = bool(outcome.fields.get("early_exit"))
     metrics.job_duration.labels(outcome=outcome.status.value).observe(run_s)
@@ -366,7 +387,13 @@ def _store_outcome(rt: Runtime, job: JobAttempt, outcome: Outcome) -> None:
         if result.final_score is not None:
             metrics.quality_score.observe(result.final_score)
         metrics.gpu_memory_peak_bytes.set(result.peak_memory_bytes or 0)
-    log.info("job %s attempt %d: %s in %.2f s%s", job.job_id, job.attempt, outcome.status.value, run_s,
-             f" ({outcome.error})" if outcome.error else "")
+    log.info(
+        "job %s attempt %d: %s in %.2f s%s",
+        job.job_id,
+        job.attempt,
+        outcome.status.value,
+        run_s,
+        f" ({outcome.error})" if outcome.error else "",
+    )
     if final is not None:
         webhooks.notify(rt.store, final)
