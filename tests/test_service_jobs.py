@@ -75,6 +75,7 @@ def test_everything_a_finished_job_leaves_has_a_ttl(store):
     store.start(job_id, 1, "w")
     store.save_preview(job_id, 0, b"png")
     store.write_progress(job_id, 1, {}, checkpoint={"index": 0})
+    assert store.redis.type(store.keys.checkpoints(job_id)) == b"list"  # appended, never rewritten
     final = store.finish(
         job_id, 1, JobStatus.SUCCEEDED, result_png=b"result", fields={"early_exit": True, "steps_run": 7}
     )
