@@ -6,12 +6,14 @@ sockets. Tests flush only their own Redis DB (`UPZIR_TEST_REDIS_URL`, default DB
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -232,3 +234,44 @@ def image_bytes(size: tuple[int, int] = (40, 32), fmt: str = "PNG", seed: int = 
 @pytest.fixture
 def make_image() -> Callable[..., bytes]:
     return image_bytes
+
+
+class WebhookReceiver:
+    """A real HTTP server on loopback that records every POST (headers, body) and answers 204."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        hits: list[tuple[dict[str, str], bytes]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                hits.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.hits = hits
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def signed(self, secret: str) -> list[dict]:
+        """Bodies whose signature checks out with `secret`, decoded."""
+        from jobs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+        return [
+            json.loads(body)
+            for headers, body in self.hits
+            if headers.get(SIGNATURE_HEADER) == sign(body, headers.get(TIMESTAMP_HEADER, ""), secret)
+        ]
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.server.shutdown()

@@ -11,9 +11,7 @@ import io
 import json
 import logging
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import numpy as np
@@ -147,28 +145,6 @@ def test_client_sends_its_token(api, redis_client):
 # --- webhooks -----------------------------------------------------------------------------------------
 
 
-class Receiver(BaseHTTPRequestHandler):
-    hits: list[tuple[dict[str, str], bytes]] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        Receiver.hits.append((dict(self.headers), body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def receiver():
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
-    Receiver.hits = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-
-
 @pytest.mark.parametrize(
     "url",
     [
@@ -193,30 +169,29 @@ def test_webhooks_to_internal_addresses_are_refused_at_submit(api, redis_client,
     assert redis_client.llen("rq:queue:restore") == 0
 
 
-def test_delivery_checks_the_address_again_at_connect(receiver):
+def test_delivery_checks_the_address_again_at_connect(webhook_receiver):
     """A name that passed at submit may resolve to loopback later (DNS rebinding): nothing is sent."""
     job = {"id": "j1", "status": "succeeded"}
-    assert webhooks.deliver(f"http://localhost:{receiver}/hook", job, Settings(webhook_attempts=1)) is False
-    assert webhooks.deliver(f"http://127.0.0.1:{receiver}/hook", job, Settings(webhook_attempts=1)) is False
-    assert Receiver.hits == []
+    port = webhook_receiver.port
+    assert webhooks.deliver(f"http://localhost:{port}/hook", job, Settings(webhook_attempts=1)) is False
+    assert webhooks.deliver(webhook_receiver.url, job, Settings(webhook_attempts=1)) is False
+    assert webhook_receiver.hits == []
     allowed = Settings(webhook_allow_networks="127.0.0.0/8", webhook_secret=SECRET, webhook_attempts=1)
-    assert webhooks.deliver(f"http://localhost:{receiver}/hook?x=1", job, allowed) is True  # operator's exception
-    [(headers, body)] = Receiver.hits
-    assert json.loads(body) == job and headers["Host"] == f"localhost:{receiver}"
+    assert webhooks.deliver(f"http://localhost:{port}/hook?x=1", job, allowed) is True  # operator's exception
+    [(headers, body)] = webhook_receiver.hits
+    assert json.loads(body) == job and headers["Host"] == f"localhost:{port}"
     assert headers[webhooks.SIGNATURE_HEADER] == webhooks.sign(body, headers[webhooks.TIMESTAMP_HEADER], SECRET)
     assert headers[webhooks.SIGNATURE_HEADER] != webhooks.sign(body, headers[webhooks.TIMESTAMP_HEADER], "other")
 
 
-def test_canceling_a_queued_job_notifies_its_webhook(module_spawn, redis_url, redis_client, receiver):
+def test_canceling_a_queued_job_notifies_its_webhook(module_spawn, redis_url, redis_client, webhook_receiver):
     _, local = module_spawn.api(
         redis_url=redis_url, webhook_allow_networks="127.0.0.1/32", webhook_secret=SECRET, api_reaper=False
     )
-    job_id = submit(local, None, webhook=f"http://127.0.0.1:{receiver}/hook").json()["id"]
+    job_id = submit(local, None, webhook=webhook_receiver.url).json()["id"]
     assert httpx.post(f"{local}/jobs/{job_id}/cancel").json()["status"] == "canceled"
-    wait_for(lambda: Receiver.hits, timeout=10, what="the cancel webhook")
-    headers, body = Receiver.hits[0]
-    assert json.loads(body)["id"] == job_id and json.loads(body)["status"] == "canceled"
-    assert headers[webhooks.SIGNATURE_HEADER] == webhooks.sign(body, headers[webhooks.TIMESTAMP_HEADER], SECRET)
+    [hook] = wait_for(lambda: webhook_receiver.signed(SECRET), timeout=10, what="the signed cancel webhook")
+    assert hook["id"] == job_id and hook["status"] == "canceled"
 
 
 # --- the queue's byte cap -------------------------------------------------------------------------------

@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import json
 import signal
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 import pytest
@@ -19,7 +17,6 @@ import redis
 from conftest import free_port, image_bytes, wait_for
 from PIL import Image
 
-from jobs.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from service.client import RestoreClient
 
 pytestmark = pytest.mark.slow
@@ -90,31 +87,6 @@ def sample(text: str, name: str, **labels: str) -> float:
 WEBHOOK_SECRET = "e2e-webhook-secret"
 
 
-class Hook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        timestamp = self.headers[TIMESTAMP_HEADER]
-        if self.headers[SIGNATURE_HEADER] == sign(body, timestamp, WEBHOOK_SECRET):  # only signed bodies count
-            Hook.received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook_url():
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    Hook.received = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-
-
 def _wait_running(stack: Stack, job_id: str) -> None:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while not stack.running(job_id):
@@ -122,9 +94,9 @@ def _wait_running(stack: Stack, job_id: str) -> None:
         time.sleep(0.05)
 
 
-def test_round_trip_with_events_result_metrics_and_webhook(stack, webhook_url):
+def test_round_trip_with_events_result_metrics_and_webhook(stack, webhook_receiver):
     assert httpx.get(f"{stack.api}/readyz").json()["workers"] == 1
-    job = stack.client.submit(image_bytes((40, 32)), filename="noisy.png", webhook=webhook_url, **FAST)
+    job = stack.client.submit(image_bytes((40, 32)), filename="noisy.png", webhook=webhook_receiver.url, **FAST)
 
     live = list(stack.client.events(job["id"], timeout=JOB_TIMEOUT_S))
     kinds = [e.event for e in live]
@@ -156,7 +128,7 @@ def test_round_trip_with_events_result_metrics_and_webhook(stack, webhook_url):
     assert preview.headers["content-type"] == "image/png"
     assert max(Image.open(io.BytesIO(preview.content)).size) <= 256
 
-    hooked = wait_for(lambda: Hook.received, timeout=10, what="the webhook")
+    hooked = wait_for(lambda: webhook_receiver.signed(WEBHOOK_SECRET), timeout=10, what="the signed webhook")
     assert hooked[0]["id"] == job["id"] and hooked[0]["status"] == "succeeded"
 
     api_metrics = httpx.get(f"{stack.api}/metrics").text
