@@ -35,16 +35,18 @@ def profile_batch(restorer: Any, image: Any, n: int, steps: int, warmup: int, de
     from restorer.sampler import PHASE_PREFIX
 
     # every step guided, no checkpoint inside the profiled window except one judge call at the end
-    cfg = lambda i: resolve_config(
-        "fast",
-        {
-            "steps": warmup + steps,
-            "checkpoint_every": warmup + steps,  # noqa: E731
-            "guidance_start_t": 1000,
-            "dqr": "off",
-            "seed": i,
-        },
-    )
+    def cfg(i: int):
+        return resolve_config(
+            "fast",
+            {
+                "steps": warmup + steps,
+                "checkpoint_every": warmup + steps,
+                "guidance_start_t": 1000,
+                "dqr": "off",
+                "seed": i,
+            },
+        )
+
     batch = restorer.batch(n)
     prepared = [restorer.prepare(image, cfg(i)) for i in range(n)]
     for p in prepared:

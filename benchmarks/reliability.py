@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import random
 import shutil
 import signal
@@ -84,13 +85,20 @@ FAST_ENV: dict[str, Any] = {"heartbeat_s": 0.5, "worker_lost_after_s": 3, "reape
 is PIQE (no weights to download); no worker metrics port (several workers share the machine)."""
 
 QUICK = {"preset": "fast", "steps": 4, "checkpoint_every": 4, "dqr": "off", "seed": 1}
-"""A job of ~3 s on the tiny prior at 32×32 (one checkpoint)."""
+"""Under a second on a warm worker (tiny prior, 32×32: ~40-100 ms a step on these 2 cores)."""
 
-MEDIUM = {"preset": "fast", "steps": 12, "checkpoint_every": 6, "dqr": "off", "seed": 2}
-"""A job that runs long enough (~6-10 s) to be caught `processing`, then finishes."""
+MEDIUM = {"preset": "fast", "steps": 100, "checkpoint_every": 50, "dqr": "off", "seed": 2}
+"""~4-10 s: long enough to be caught `processing` and to outlast a fault, then it finishes."""
 
-LONG = {"preset": "fast", "steps": 400, "checkpoint_every": 200, "dqr": "off", "seed": 3}
-"""Minutes of work: only ever killed."""
+LONG = {"preset": "fast", "steps": 1000, "checkpoint_every": 500, "dqr": "off", "seed": 3}
+"""A minute or more of work: only ever killed."""
+
+BOUND_SLACK_S = 0.2
+"""Measurement slack on the reaper's bound: the watcher's poll period (twice) and signal delivery."""
+
+REDIS_DOWN_S = 4.0
+"""How long Redis stays down in the restart scenario: a container restart takes seconds, and 4 s is longer
+than worker_lost_after_s (3 s), so heartbeat keys expire during the outage — the hard case for the reaper."""
 
 SIDE, OTHER_SIDE = 32, 48
 """Running jobs use 32×32 images, jobs meant to stay queued 48×48: a different canvas cannot join the
@@ -234,15 +242,17 @@ def wait_worker(proc: Proc, redis_url: str, name: str) -> None:
         client.close()
 
 
-def submit(base: str, side: int = SIDE, seed: int = 0, headers: dict[str, str] | None = None,
+def submit(base: str, side: int = SIDE, img_seed: int = 0, headers: dict[str, str] | None = None,
            image: bytes | None = None, **fields: Any) -> httpx.Response:
-    files = {"image": ("in.png", image if image is not None else image_bytes((side, side), seed=seed), "image/png")}
+    """POST /restore with a noise image (`side`², `img_seed`) or `image`, and form `fields`."""
+    files = {"image": ("in.png", image if image is not None else image_bytes((side, side), seed=img_seed),
+                       "image/png")}
     return httpx.post(f"{base}/restore", files=files, data={k: str(v) for k, v in fields.items()},
                       headers=headers, timeout=30)
 
 
-def submit_job(base: str, side: int = SIDE, seed: int = 0, **fields: Any) -> str:
-    r = submit(base, side, seed, **fields)
+def submit_job(base: str, side: int = SIDE, img_seed: int = 0, **fields: Any) -> str:
+    r = submit(base, side, img_seed, **fields)
     if r.status_code != 202:
         raise RuntimeError(f"submission refused: {r.status_code} {r.text[:300]}")
     return r.json()["id"]
@@ -254,12 +264,16 @@ def job_fields(client: redis.Redis, job_id: str, *names: str) -> list[str | None
 
 
 def wait_running(client: redis.Redis, job_id: str) -> None:
-    """Until the job is `processing` with at least one step done (it fails fast if the job ended instead)."""
+    """Until the job is `processing` with a step done and its worker's heartbeat lists it (fails fast if it
+    ended instead): a fault injected after this hits a job that everyone agrees is running."""
     def running() -> bool:
-        status, step = job_fields(client, job_id, "status", "step")
+        status, step, worker = job_fields(client, job_id, "status", "step", "worker")
         if status in TERMINAL:
             raise RuntimeError(f"job {job_id} ended ({status}) before it was seen running")
-        return status == "processing" and int(step or 0) >= 1
+        if status != "processing" or int(step or 0) < 1:
+            return False
+        beat = client.get(f"{PREFIX}:worker:{worker}")
+        return beat is not None and job_id in json.loads(beat).get("jobs", [])
 
     wait_for(running, START_TIMEOUT_S, what=f"job {job_id} to run")
 
@@ -704,7 +718,7 @@ def scenario_kill_fail(stack: Stack) -> FaultResult:
     bound = FAST_ENV["worker_lost_after_s"] + FAST_ENV["reaper_interval_s"]
     t = tracks[job]
     took = t.ended_at - fault if t.ended_at else None
-    ok = t.status == "failed" and took is not None and took <= bound + 0.5
+    ok = t.status == "failed" and took is not None and took <= bound + BOUND_SLACK_S
     return summarise("worker SIGKILL mid-job, on_worker_lost=fail", tracks, fault,
                      f"failed within lost_after + reaper interval = {bound:g} s", ok,
                      bound_s=bound, killed=victim, error=t.error)
@@ -736,7 +750,7 @@ def scenario_orphan_ticket(stack: Stack) -> FaultResult:
     r = stack.client()
     busy = submit_job(stack.api, **MEDIUM)  # keeps the only worker busy, so nobody else takes the next ticket
     wait_running(r, busy)
-    orphan = submit_job(stack.api, side=OTHER_SIDE, seed=11, **QUICK)  # another canvas: cannot join busy's batch
+    orphan = submit_job(stack.api, side=OTHER_SIDE, img_seed=11, **QUICK)  # another canvas: cannot join busy's batch
     watcher = Watcher(stack.port, [orphan])
     watcher.start()
     popped = r.lpop(QUEUE_KEY)
@@ -810,12 +824,12 @@ def _job_count(r: redis.Redis) -> int:
     return sum(1 for k in r.scan_iter(f"{PREFIX}:job:*", count=1000) if k.count(b":") == 2)
 
 
-def scenario_sigterm(spawner: Spawner, stack: Stack, worker: str) -> tuple[FaultResult, str]:
+def scenario_sigterm(spawner: Spawner, stack: Stack, worker: str) -> FaultResult:
     """SIGTERM (UPZIR_SHUTDOWN=finish) to a worker running a job with two queued behind it."""
     r = stack.client()
     running = submit_job(stack.api, **MEDIUM)
     wait_running(r, running)
-    queued = [submit_job(stack.api, side=OTHER_SIDE, seed=30 + i, **QUICK) for i in range(2)]
+    queued = [submit_job(stack.api, side=OTHER_SIDE, img_seed=30 + i, **QUICK) for i in range(2)]
     watcher = Watcher(stack.port, [running, *queued])
     watcher.start()
     stack.workers[worker].signal(signal.SIGTERM)
@@ -835,28 +849,31 @@ def scenario_sigterm(spawner: Spawner, stack: Stack, worker: str) -> tuple[Fault
                      "running job succeeds, exit 0, queued stay queued, the next worker runs them", ok,
                      exit_code=rc, exit_after_s=round(exited_s, 2), running_job_at_exit=running_at_exit,
                      queued_at_exit=list(at_exit.values()), successor_ready_at_exit=successor_ready_at_exit,
-                     queued_finished_by=[tracks[j].worker for j in queued]), successor
+                     queued_finished_by=[tracks[j].worker for j in queued])
 
 
 def scenario_redis_restart(spawner: Spawner, stack: Stack) -> FaultResult:
-    """Stop Redis (SIGTERM: AOF flushed) while one job runs and three wait; start it again, same port and dir."""
+    """Stop Redis (SIGTERM: AOF flushed) while one job runs and three wait; REDIS_DOWN_S later start it again on
+    the same port and dir."""
     r = stack.client()
     running = submit_job(stack.api, **MEDIUM)
     wait_running(r, running)
-    queued = [submit_job(stack.api, side=OTHER_SIDE, seed=40 + i, **QUICK) for i in range(3)]
+    queued = [submit_job(stack.api, side=OTHER_SIDE, img_seed=40 + i, **QUICK) for i in range(3)]
     r.close()
     watcher = Watcher(stack.port, [running, *queued])
     watcher.start()
     assert stack.redis_proc is not None
     fault = time.monotonic()
     down_rc = stack.redis_proc.stop(timeout=30)
+    time.sleep(max(0.0, REDIS_DOWN_S - (time.monotonic() - fault)))
     stack.redis_proc = start_redis(spawner, stack.port, *stack.redis_args)
     outage = time.monotonic() - fault
     tracks = watcher.finish(fault + JOB_DEADLINE_S)
     ok = all(t.status in TERMINAL for t in tracks.values())
-    return summarise("Redis restart (AOF) with 1 running + 3 queued", tracks, fault,
+    return summarise(f"Redis restart (AOF), down {REDIS_DOWN_S:g} s, 1 running + 3 queued", tracks, fault,
                      "every job ends (none lost); no process restarted but Redis", ok,
                      redis_exit_code=down_rc, outage_s=round(outage, 2),
+                     running_job=f"{tracks[running].status} (attempt {tracks[running].attempt})",
                      errors={t.job_id[:8]: t.error for t in tracks.values() if t.status != "succeeded"},
                      api_alive=bool(stack.api_proc and stack.api_proc.alive()),
                      workers_alive=[n for n, p in stack.workers.items() if p.alive()])
@@ -871,6 +888,7 @@ def scenario_oom(stack: Stack) -> FaultResult:
     accepted: list[str] = []
     refused_in_a_row = 0
     first_refusal: float | None = None
+    used_at_refusal: float | None = None
     for i in range(80):
         resp = submit(stack.api, image=upload, **{**QUICK, "seed": i, "max_pixels": 4096})
         codes[resp.status_code] += 1
@@ -879,7 +897,9 @@ def scenario_oom(stack: Stack) -> FaultResult:
             refused_in_a_row = 0
             continue
         retry_after[f"{resp.status_code}:{'yes' if resp.headers.get('Retry-After') else 'no'}"] += 1
-        first_refusal = first_refusal or time.monotonic()
+        if first_refusal is None:
+            first_refusal = time.monotonic()
+            used_at_refusal = r.info("memory")["used_memory"] / 2**20
         refused_in_a_row += 1
         if refused_in_a_row >= 10:
             break
@@ -887,9 +907,7 @@ def scenario_oom(stack: Stack) -> FaultResult:
     watcher = Watcher(stack.port, accepted)
     watcher.start()
     probes = {"GET /jobs/{id}": httpx.get(f"{stack.api}/jobs/{accepted[0]}", timeout=10).status_code if accepted else None,
-              "GET /readyz": httpx.get(f"{stack.api}/readyz", timeout=10).status_code,
-              "POST /jobs/{id}/cancel (last)": httpx.post(f"{stack.api}/jobs/{accepted[-1]}/cancel",
-                                                          timeout=10).status_code if accepted else None}
+              "GET /readyz": httpx.get(f"{stack.api}/readyz", timeout=10).status_code}
     hold_until = fault + OOM_HOLD_S
     while time.monotonic() < hold_until and not watcher.ended():
         time.sleep(POLL_S)
@@ -906,7 +924,8 @@ def scenario_oom(stack: Stack) -> FaultResult:
                      "503 + Retry-After (or 429), never 500; accepted jobs end", ok,
                      maxmemory=OOM_MAXMEMORY, submissions={str(k): v for k, v in codes.items()},
                      refusals_with_retry_after=dict(retry_after), probes_while_full=probes,
-                     used_memory_mb_while_full=round(used_mb, 2), held_full_s=OOM_HOLD_S,
+                     used_memory_mb_at_first_refusal=round(used_at_refusal or 0, 2),
+                     used_memory_mb_end_of_hold=round(used_mb, 2), held_full_s=OOM_HOLD_S,
                      ended_while_full=ended_full, ended_after_relief=sum(1 for t in tracks.values() if t.ended_at)
                      - ended_full, relief_to_last_terminal_s=round(max(
                          (t.ended_at - relief for t in tracks.values() if t.ended_at), default=0.0), 2),
@@ -914,30 +933,42 @@ def scenario_oom(stack: Stack) -> FaultResult:
                      submit_after_relief=after.status_code)
 
 
-def run_faults(spawner: Spawner, stacks: dict[str, Stack]) -> list[FaultResult]:
+def run_faults(spawner: Spawner, stacks: dict[str, Stack], failures: list[str]) -> list[FaultResult]:
+    """Every scenario in turn; one that breaks is listed in `failures` and the next still runs."""
     for stack in stacks.values():
         wait_stack(stack)
-    results = [scenario_kill_fail(stacks["fail"])]
-    b = stacks["requeue"]
-    requeue, survivor = scenario_kill_requeue(b)
-    results.append(requeue)
-    results.append(scenario_orphan_ticket(b))
-    results.append(scenario_api_restart(spawner, b))
-    sigterm, successor = scenario_sigterm(spawner, b, survivor)
-    results.append(sigterm)
-    results.append(scenario_redis_restart(spawner, b))
-    results.append(scenario_oom(stacks["oom"]))
-    return results
+    results: list[FaultResult] = []
+
+    def guarded(name: str, run: Callable[[], Any]) -> Any:
+        try:
+            return run()
+        except Exception as exc:  # reported in the summary, never hidden
+            failures.append(f"fault scenario {name}: {type(exc).__name__}: {exc}")
+            import traceback
+
+            traceback.print_exc()
+            return None
+
+    a, b = stacks["fail"], stacks["requeue"]
+    results.append(guarded("kill (fail)", lambda: scenario_kill_fail(a)))
+    requeue = guarded("kill (requeue)", lambda: scenario_kill_requeue(b))
+    results.append(requeue[0] if requeue else None)
+    results.append(guarded("orphan ticket", lambda: scenario_orphan_ticket(b)))
+    results.append(guarded("API restart", lambda: scenario_api_restart(spawner, b)))
+    survivor = requeue[1] if requeue else next(n for n, p in b.workers.items() if p.alive())
+    results.append(guarded("SIGTERM", lambda: scenario_sigterm(spawner, b, survivor)))
+    results.append(guarded("Redis restart", lambda: scenario_redis_restart(spawner, a)))
+    results.append(guarded("Redis OOM", lambda: scenario_oom(stacks["oom"])))
+    return [r for r in results if r is not None]
 
 
 def start_fault_stacks(spawner: Spawner, model: Path, tmp: Path) -> dict[str, Stack]:
     """Private Redis servers, APIs and workers for the fault scenarios; workers load while other parts run."""
     aof = tmp / "aof"
     aof.mkdir(exist_ok=True)
-    return {
-        "fail": start_stack(spawner, "fail", model, ["a1"]),
-        "requeue": start_stack(spawner, "requeue", model, ["b1", "b2"], ("--appendonly", "yes", "--dir", str(aof)),
-                               on_worker_lost="requeue"),
+    return {  # default settings (on_worker_lost=fail) with AOF: the kill, then the Redis restart on the survivor
+        "fail": start_stack(spawner, "fail", model, ["a1", "a2"], ("--appendonly", "yes", "--dir", str(aof))),
+        "requeue": start_stack(spawner, "requeue", model, ["b1", "b2"], on_worker_lost="requeue"),
         "oom": start_stack(spawner, "oom", model, ["d1"], ("--maxmemory", OOM_MAXMEMORY,
                                                            "--maxmemory-policy", "noeviction")),
     }
@@ -1044,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
         if "bad" in parts:
             _part(summary, "bad_inputs", lambda: run_bad_inputs(spawner, args.fuzz))
         if model is not None:
-            _part(summary, "faults", lambda: [asdict(f) for f in run_faults(spawner, stacks)])
+            _part(summary, "faults", lambda: [asdict(f) for f in run_faults(spawner, stacks, summary["failures"])])
     finally:
         stop_everything(spawner)
         shared = redis.Redis.from_url(SHARED_REDIS_URL)
