@@ -13,7 +13,10 @@ by every worker, every `reaper_interval_s`) recovers, within `worker_lost_after_
   that died before starting it): re-queued (it never ran, so running it is not running it twice), or failed
   after `max_attempts`.
 
-Several reapers may run at once: every change is a compare-and-set on (status, attempt).
+Right after Redis restarts (its uptime below `worker_lost_after_s`), or after this reaper could not reach it,
+nobody is judged: a live worker may not have beaten since Redis came back, and heartbeat keys that expired
+during an outage say nothing about the workers. Several reapers may run at once: every change is a
+compare-and-set on (status, attempt).
 RQ's StartedJobRegistry cleanup notices the same deaths later on its own clock; we do not rely on it.
 """
 
@@ -61,6 +64,8 @@ def orphan_grace_s(settings: Settings) -> float:
 def reap(store: JobStore, settings: Settings, now: float | None = None, notify: Notify | None = None) -> list[Reaped]:
     """One pass over the processing and queued jobs; returns what was done."""
     now = time.time() if now is None else now
+    if store.redis_uptime_s() < settings.worker_lost_after_s:
+        return []  # Redis came back moments ago: live workers may not have renewed their heartbeats yet
     live = store.workers.alive()
     done: list[Reaped] = []
     for job_id in store.processing_ids():
@@ -147,11 +152,19 @@ class Reaper(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        quiet_until = 0.0  # after an outage, give every worker `worker_lost_after_s` to beat again
         while not self._stop_event.wait(self.settings.reaper_interval_s):
+            if time.monotonic() < quiet_until:
+                continue
             try:
                 reap(self.store, self.settings, notify=self.notify)
             except RedisError as exc:
-                log.warning("reaper: Redis unavailable (%s); will retry", exc)
+                quiet_until = time.monotonic() + self.settings.worker_lost_after_s
+                log.warning(
+                    "reaper: Redis unavailable (%s); judging no worker until it has been back for %g s",
+                    exc,
+                    self.settings.worker_lost_after_s,
+                )
             except Exception:  # a reaper bug must not kill the thread that guarantees the bound
                 log.exception("reaper pass failed")
 

@@ -100,8 +100,14 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(
         8,
         ge=1,
-        description="Bodies one API process reads at once; more are refused (503) at once. Bounds upload buffers "
-        "to 8 × 25 MiB per process.",
+        description="Bodies one API process reads at once; more wait for a slot (upload_slot_wait_s), reading "
+        "nothing meanwhile. Bounds upload buffers to 8 × 25 MiB per process.",
+    )
+    upload_slot_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long an upload waits for a free slot before 503: a burst of small uploads queues up and "
+        "passes (each takes milliseconds); an upload that stalls holds its slot at most upload_idle_timeout_s.",
     )
     max_checkpoints_per_job: int = Field(
         200,

@@ -122,6 +122,10 @@ class JobStore:
             raise JobNotFound(f"no preview {n} for job {job_id!r} (no such checkpoint yet, or expired)")
         return data
 
+    def redis_uptime_s(self) -> float:
+        """Seconds since this Redis started (a restart resets it; AOF keeps keys, not heartbeats' freshness)."""
+        return float(self.redis.info("server")["uptime_in_seconds"])
+
     def queue_depth(self) -> int:
         return int(self.redis.llen(self.queue.key))
 

@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = metrics
         app.state.store = JobStore(settings)
         app.state.aredis = connect_async(settings)
-        app.state.uploads = UploadSlots(settings.max_concurrent_uploads)
+        app.state.uploads = UploadSlots(settings.max_concurrent_uploads, settings.upload_slot_wait_s)
         app.state.streams = StreamSlots(settings)
         warn_if_open(settings)
         reaper = None

@@ -100,7 +100,7 @@ async def restore(
     state = request.app.state
     settings = state.settings
     try:
-        state.uploads.acquire()
+        await state.uploads.acquire()
         try:
             upload = await read_upload(request, settings)
         finally:

@@ -296,23 +296,26 @@ async def _timed(chunks: AsyncIterator[bytes], settings: Settings) -> AsyncItera
 
 
 class UploadSlots:
-    """How many bodies this process is reading now; past the cap, new uploads are refused at once (503)."""
+    """Bodies this process reads at once (each holds up to a 25 MiB buffer); past the cap an upload waits for a
+    slot, reading nothing, and is refused (503) if none frees within `wait_s`."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.busy = 0
+    def __init__(self, limit: int, wait_s: float) -> None:
+        self.limit, self.wait_s = limit, wait_s
+        self._slots = asyncio.Semaphore(limit)
 
-    def acquire(self) -> None:
-        if self.busy >= self.limit:
+    async def acquire(self) -> None:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.wait_s)
+        except asyncio.TimeoutError:
             raise UploadRejected(
                 503,
                 "busy",
-                f"{self.limit} uploads are being received right now (UPZIR_MAX_CONCURRENT_UPLOADS); retry shortly",
-            )
-        self.busy += 1
+                f"{self.limit} uploads have been received at once for {self.wait_s:g} s"
+                " (UPZIR_MAX_CONCURRENT_UPLOADS); retry shortly",
+            ) from None
 
     def release(self) -> None:
-        self.busy -= 1
+        self._slots.release()
 
 
 EXIF_QUARTER_TURNS = (5, 6, 7, 8)

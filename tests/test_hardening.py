@@ -29,6 +29,7 @@ IDLE_S = 1.0
 STREAMS_PER_JOB, STREAMS = 1, 2
 MAX_STREAM_S = 2.0
 QUEUE_BYTES = 1024 * 1024  # the smallest cap the settings allow
+SLOT_WAIT_S = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def api(module_spawn, redis_url) -> str:
         upload_idle_timeout_s=IDLE_S,
         upload_timeout_s=4 * IDLE_S,
         max_concurrent_uploads=1,
+        upload_slot_wait_s=SLOT_WAIT_S,
         max_queue_bytes=QUEUE_BYTES,
     )
     return base
@@ -288,9 +290,10 @@ def test_a_stalled_upload_is_refused_and_frees_its_slot(api, redis_client):
     sock = stalled_upload(api)
     t0 = time.monotonic()
     try:
-        # while it holds the only upload slot, another upload is refused at once instead of queuing up
+        # while it holds the only upload slot, another upload waits SLOT_WAIT_S for it, then is refused
         busy = submit(api)
         assert busy.status_code == 503 and busy.headers["Retry-After"]
+        assert busy.elapsed.total_seconds() >= SLOT_WAIT_S
         assert "UPZIR_MAX_CONCURRENT_UPLOADS" in busy.json()["detail"]
         assert read_status(sock, timeout=IDLE_S + 5) == 408
         assert time.monotonic() - t0 < IDLE_S + 3
@@ -348,3 +351,13 @@ def test_an_open_api_beyond_loopback_warns_at_start(caplog):
     with caplog.at_level(logging.WARNING, logger="upzir.api"):
         warn_if_open(Settings(host="0.0.0.0", api_tokens="t", webhook_secret="s"))
     assert caplog.records == []
+
+
+def test_a_burst_of_uploads_waits_for_slots_instead_of_failing(module_spawn, redis_url, redis_client):
+    """Two slots, 24 concurrent small uploads: they take turns (each reads in milliseconds), none is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, base = module_spawn.api(redis_url=redis_url, max_concurrent_uploads=2, upload_slot_wait_s=60, api_reaper=False)
+    with ThreadPoolExecutor(24) as pool:
+        statuses = list(pool.map(lambda i: submit(base, None, image=image_bytes(seed=i)).status_code, range(24)))
+    assert statuses == [202] * 24

@@ -17,9 +17,8 @@ from jobs.store import JobStore
 
 
 def make(redis_url: str, **overrides) -> tuple[JobStore, Settings]:
-    settings = Settings(
-        redis_url=redis_url, heartbeat_s=0.2, worker_lost_after_s=0.6, reaper_interval_s=0.2, **overrides
-    )
+    timing = {"heartbeat_s": 0.2, "worker_lost_after_s": 0.6, "reaper_interval_s": 0.2}
+    settings = Settings(redis_url=redis_url, **{**timing, **overrides})
     return JobStore(settings), settings
 
 
@@ -145,3 +144,16 @@ def test_orphaned_queued_job_is_recovered_within_the_bound(redis_client, redis_u
     finally:
         reaper.stop(timeout=2)
     assert time.monotonic() - taken <= settings.worker_lost_bound_s + 1.0
+
+
+def test_nobody_is_judged_until_redis_has_been_up_for_the_heartbeat_bound(spawn):
+    """After a Redis restart, heartbeat keys that expired during the outage say nothing about live workers."""
+    _, port = spawn.redis_server()  # fresh: its uptime starts at 0, as after a restart
+    store, settings = make(f"redis://127.0.0.1:{port}/0", worker_lost_after_s=2.0, heartbeat_s=0.5)
+    job_id = new_job(store)
+    store.start(job_id, 1, "silent")  # a worker with no heartbeat key
+    assert reap(store, settings) == []  # Redis is younger than worker_lost_after_s: wait
+    wait_for(lambda: store.redis_uptime_s() >= settings.worker_lost_after_s, timeout=5, what="Redis uptime")
+    [failed] = reap(store, settings)
+    assert failed.action == "failed" and store.get(job_id).status == "failed"
+    store.redis.close()
