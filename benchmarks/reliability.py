@@ -16,11 +16,14 @@ processes, talks to them over sockets, and stops every process it started (try/f
    `JOB_DEADLINE_S` of the fault; must be 0) and the longest time from the fault to a job's terminal
    status. Job states are read straight from the Redis hashes (`upzir:job:{id}`) every `POLL_S`, so API
    outages do not blind the measurement. Scenarios: worker SIGKILL mid-job (`UPZIR_ON_WORKER_LOST=fail`
-   and `=requeue`), a ticket popped from `rq:queue:restore` by a "worker" that never started it, a Redis
-   restart with AOF, a Redis at its `maxmemory` (noeviction), an API killed mid-upload with a retried
-   Idempotency-Key, and SIGTERM to a worker with jobs queued (`UPZIR_SHUTDOWN=finish`).
+   and `=requeue`), a ticket popped from `rq:queue:restore` by a "worker" that never started it, Redis
+   restarts with AOF (down 1 s, and three times 4 s — longer than the heartbeat bound), a Redis at its
+   `maxmemory` (noeviction), an API killed mid-upload with a retried Idempotency-Key, and SIGTERM to a
+   worker with jobs queued (`UPZIR_SHUTDOWN=finish`). "As expected" is judged per scenario; the exit status
+   is non-zero only when a part could not run to the end.
 3. **Load** — N concurrent submissions (asyncio + httpx) to an API with `UPZIR_MAX_QUEUE_DEPTH=100` and no
-   worker: statuses, 202 and 429 counts, whether the 429s start only at the cap, p50/p99 latency.
+   worker, with the default upload slots and with one slot per request: statuses, 202 and 429 counts,
+   whether the 429s start only at the cap (the smallest queue depth a 429 names), p50/p99 latency.
 
 The shared Redis (127.0.0.1:6379) is used only as DB 15 (flushed before and after); the fault scenarios run
 on private `redis-server`s on free ports. Helpers come from `tests/` (Spawner, tiny model, mutation corpus,
@@ -46,11 +49,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from benchmarks.common import REPO_ROOT, command_line, fmt, header_md, machine, write_json
 
@@ -79,26 +85,45 @@ JOB_DEADLINE_S = 150.0
 START_TIMEOUT_S = 180.0
 """Worker start (torch import + model load) while other workers and tests share the 2 cores."""
 
-FAST_ENV: dict[str, Any] = {"heartbeat_s": 0.5, "worker_lost_after_s": 3, "reaper_interval_s": 0.5,
-                            "redis_timeout_s": 1, "worker_metrics_port": 0, "device": "cpu", "judge": "piqe"}
+FAST_ENV: dict[str, Any] = {
+    "heartbeat_s": 0.5,
+    "worker_lost_after_s": 3,
+    "reaper_interval_s": 0.5,
+    "redis_timeout_s": 1,
+    "worker_metrics_port": 0,
+    "device": "cpu",
+    "judge": "piqe",
+}
 """Short heartbeats so a dead worker is noticed in 3.5 s (lost_after + reaper interval), not 35 s; the judge
 is PIQE (no weights to download); no worker metrics port (several workers share the machine)."""
 
-QUICK = {"preset": "fast", "steps": 4, "checkpoint_every": 4, "dqr": "off", "seed": 1}
+QUICK: dict[str, Any] = {"preset": "fast", "steps": 4, "checkpoint_every": 4, "dqr": "off", "seed": 1}
 """Under a second on a warm worker (tiny prior, 32×32: ~40-100 ms a step on these 2 cores)."""
 
-MEDIUM = {"preset": "fast", "steps": 100, "checkpoint_every": 50, "dqr": "off", "seed": 2}
-"""~4-10 s: long enough to be caught `processing` and to outlast a fault, then it finishes."""
+MEDIUM: dict[str, Any] = {"preset": "fast", "steps": 60, "checkpoint_every": 30, "dqr": "off", "seed": 2}
+"""~3-10 s (more while another worker loads): long enough to be caught `processing` and to outlast a
+fault, then it finishes."""
 
-LONG = {"preset": "fast", "steps": 1000, "checkpoint_every": 500, "dqr": "off", "seed": 3}
+SPANNING: dict[str, Any] = {"preset": "fast", "dqr": "off", "seed": 4}
+"""The Redis-restart job: its steps are set from the measured step rate so that it runs ~SPAN_S, i.e. is
+still running when Redis comes back (a job that ends during the outage tests nothing)."""
+
+SPAN_S = 10.0
+"""Work of the Redis-restart job, in seconds: the longest outage (4 s) plus time to run on after it."""
+
+DEFAULT_STEP_RATE = 10.0
+"""Steps per second assumed when none could be measured (tiny prior, 32×32, 2 busy cores: 5-25)."""
+
+LONG: dict[str, Any] = {"preset": "fast", "steps": 1000, "checkpoint_every": 500, "dqr": "off", "seed": 3}
 """A minute or more of work: only ever killed."""
 
 BOUND_SLACK_S = 0.2
 """Measurement slack on the reaper's bound: the watcher's poll period (twice) and signal delivery."""
 
-REDIS_DOWN_S = 4.0
-"""How long Redis stays down in the restart scenario: a container restart takes seconds, and 4 s is longer
-than worker_lost_after_s (3 s), so heartbeat keys expire during the outage — the hard case for the reaper."""
+REDIS_DOWN_S = (1.0, 4.0, 4.0, 4.0)
+"""How long Redis stays down in each restart run: 1 s is a quick restart (shorter than worker_lost_after_s =
+3 s); 4 s is longer, so the heartbeat keys expire during the outage — the hard case, run three times because
+its outcome depends on a race (does a reaper or the worker's next heartbeat reach the restarted Redis first)."""
 
 SIDE, OTHER_SIDE = 32, 48
 """Running jobs use 32×32 images, jobs meant to stay queued 48×48: a different canvas cannot join the
@@ -108,12 +133,20 @@ UPLOAD_CAP = 200_000
 """Byte cap of the bad-input API: oversize bodies are cheap to send."""
 
 PIXEL_CAP = 1_000_000
+"""Pixel cap of the bad-input API (1 MP): a 1001×1000 header is just over it."""
+
 IDLE_S = 1.0
 """Upload idle timeout of the bad-input API: a stalled upload is refused (408) after 1 s, not 10 s."""
 
 FUZZ_DEFAULT = 210
+"""Seeded mutants: 35 of each of the 6 base files (PNG/JPEG/WebP, with and without EXIF), ~10 s to send."""
+
 LOAD_DEFAULT = 200
+"""Concurrent submissions: twice the queue cap, so half must be refused (429)."""
+
 LOAD_QUEUE_CAP = 100
+"""UPZIR_MAX_QUEUE_DEPTH of the load API (its default)."""
+
 OOM_MAXMEMORY = "4mb"
 """Private Redis for the OOM scenario: ~1 MB is Redis itself, the rest fills with ~10-15 uploads."""
 
@@ -173,7 +206,7 @@ def jpeg_bomb(side: int = 60_000) -> bytes:
     """A small valid JPEG whose SOF0 header is patched to claim side×side pixels."""
     data = bytearray(image_bytes((16, 16), fmt="JPEG"))
     sof = data.find(b"\xff\xc0")
-    data[sof + 5:sof + 9] = side.to_bytes(2, "big") + side.to_bytes(2, "big")
+    data[sof + 5 : sof + 9] = side.to_bytes(2, "big") + side.to_bytes(2, "big")
     return bytes(data)
 
 
@@ -242,13 +275,19 @@ def wait_worker(proc: Proc, redis_url: str, name: str) -> None:
         client.close()
 
 
-def submit(base: str, side: int = SIDE, img_seed: int = 0, headers: dict[str, str] | None = None,
-           image: bytes | None = None, **fields: Any) -> httpx.Response:
+def submit(
+    base: str,
+    side: int = SIDE,
+    img_seed: int = 0,
+    headers: dict[str, str] | None = None,
+    image: bytes | None = None,
+    **fields: Any,
+) -> httpx.Response:
     """POST /restore with a noise image (`side`², `img_seed`) or `image`, and form `fields`."""
-    files = {"image": ("in.png", image if image is not None else image_bytes((side, side), seed=img_seed),
-                       "image/png")}
-    return httpx.post(f"{base}/restore", files=files, data={k: str(v) for k, v in fields.items()},
-                      headers=headers, timeout=30)
+    files = {"image": ("in.png", image if image is not None else image_bytes((side, side), seed=img_seed), "image/png")}
+    return httpx.post(
+        f"{base}/restore", files=files, data={k: str(v) for k, v in fields.items()}, headers=headers, timeout=30
+    )
 
 
 def submit_job(base: str, side: int = SIDE, img_seed: int = 0, **fields: Any) -> str:
@@ -266,6 +305,7 @@ def job_fields(client: redis.Redis, job_id: str, *names: str) -> list[str | None
 def wait_running(client: redis.Redis, job_id: str) -> None:
     """Until the job is `processing` with a step done and its worker's heartbeat lists it (fails fast if it
     ended instead): a fault injected after this hits a job that everyone agrees is running."""
+
     def running() -> bool:
         status, step, worker = job_fields(client, job_id, "status", "step", "worker")
         if status in TERMINAL:
@@ -275,7 +315,17 @@ def wait_running(client: redis.Redis, job_id: str) -> None:
         beat = client.get(f"{PREFIX}:worker:{worker}")
         return beat is not None and job_id in json.loads(beat).get("jobs", [])
 
-    wait_for(running, START_TIMEOUT_S, what=f"job {job_id} to run")
+    deadline = time.monotonic() + START_TIMEOUT_S  # not conftest.wait_for: it would poll on past the RuntimeError
+    while not running():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id} was not seen running within {START_TIMEOUT_S:g} s")
+        time.sleep(POLL_S)
+
+
+def step_rate(client: redis.Redis, job_id: str) -> float | None:
+    """Steps per second of a finished job, over its whole run (its first steps, unguided, are cheaper)."""
+    run_s, steps = job_fields(client, job_id, "run_s", "steps_run")
+    return round(int(steps) / float(run_s), 2) if run_s and steps and float(run_s) > 0 else None
 
 
 # --- job tracking -----------------------------------------------------------------------------------------
@@ -299,7 +349,10 @@ class Watcher(threading.Thread):
 
     def __init__(self, redis_port: int, ids: Iterable[str]) -> None:
         super().__init__(daemon=True)
-        self.client = redis.Redis(port=redis_port, socket_timeout=1, socket_connect_timeout=1)
+        # no retries: a poll during an outage fails at once instead of returning post-outage data late
+        self.client = redis.Redis(
+            port=redis_port, socket_timeout=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
         self.tracks = {job_id: Track(job_id) for job_id in ids}
         self._stop_event = threading.Event()
         self.lock = threading.Lock()
@@ -314,8 +367,9 @@ class Watcher(threading.Thread):
         pipe = self.client.pipeline(transaction=False)
         for t in tracks:
             pipe.hmget(f"{PREFIX}:job:{t.job_id}", ["status", "attempt", "worker", "error"])
-        now = time.monotonic()
-        for t, (status, attempt, worker, error) in zip(tracks, pipe.execute()):
+        rows = pipe.execute()
+        now = time.monotonic()  # after the answer: what it says was true by now
+        for t, (status, attempt, worker, error) in zip(tracks, rows):
             if status is None:
                 t.status = None  # unknown or gone
                 continue
@@ -365,13 +419,22 @@ class FaultResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def summarise(scenario: str, tracks: dict[str, Track], fault_at: float, expectation: str, ok: bool,
-              **details: Any) -> FaultResult:
+def summarise(
+    scenario: str, tracks: dict[str, Track], fault_at: float, expectation: str, ok: bool, **details: Any
+) -> FaultResult:
     lost = sum(1 for t in tracks.values() if t.ended_at is None or t.status is None)
     ends = [t.ended_at - fault_at for t in tracks.values() if t.ended_at is not None]
     outcomes = Counter(t.status or "gone" for t in tracks.values())
-    return FaultResult(scenario, len(tracks), lost, round(max(ends), 2) if ends else None, expectation,
-                       ok and lost == 0, dict(outcomes), details)
+    return FaultResult(
+        scenario,
+        len(tracks),
+        lost,
+        round(max(ends), 2) if ends else None,
+        expectation,
+        ok and lost == 0,
+        dict(outcomes),
+        details,
+    )
 
 
 # --- 1. bad inputs ----------------------------------------------------------------------------------------
@@ -392,11 +455,18 @@ class KindResult:
         return sum(self.statuses.values())
 
     def row(self) -> dict[str, Any]:
-        return {"kind": self.kind, "route": self.route, "count": self.count,
-                "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))},
-                "expected": self.expected, "right_4xx": self.right, "accepted_still_valid": self.accepted_valid,
-                "wrong": len(self.wrong), "share_ok": round((self.right + self.accepted_valid) / max(self.count, 1), 4),
-                "wrong_examples": self.wrong[:5]}
+        return {
+            "kind": self.kind,
+            "route": self.route,
+            "count": self.count,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))},
+            "expected": self.expected,
+            "right_4xx": self.right,
+            "accepted_still_valid": self.accepted_valid,
+            "wrong": len(self.wrong),
+            "share_ok": round((self.right + self.accepted_valid) / max(self.count, 1), 4),
+            "wrong_examples": self.wrong[:5],
+        }
 
 
 Probe = tuple[str, Callable[[], int], bytes | None]
@@ -411,13 +481,40 @@ class BadInputs:
         self.http = httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {ALPHA}"})
         self.kinds: list[KindResult] = []
 
-    def post_image(self, image: bytes, filename: str = "in.png", ctype: str = "image/png",
-                   data: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> int:
+    def post_image(
+        self,
+        image: bytes,
+        filename: str = "in.png",
+        ctype: str = "image/png",
+        data: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> int:
         files = {"image": (filename, image, ctype)}
         return self.http.post("/restore", files=files, data=data or {}, headers=headers).status_code
 
     def post_raw(self, body: bytes, headers: dict[str, str]) -> int:
         return self.http.post("/restore", content=body, headers=headers).status_code
+
+    def form(self, parts: list[tuple[str, str | None, bytes]], close: bool = True) -> int:
+        """A hand-built multipart body (see `multipart`), with the token."""
+        return self.post_raw(multipart(parts, close=close), multipart_headers())
+
+    def socket_post(self, extra_headers: str, body: Iterable[bytes] = ()) -> int:
+        """A hand-written POST /restore over a socket (for Content-Length lies and chunked bodies)."""
+        head = (
+            f"POST /restore HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ALPHA}\r\n"
+            f"Content-Type: multipart/form-data; boundary={RAW_BOUNDARY}\r\n{extra_headers}\r\n"
+        )
+        return raw_http(self.base, head.encode(), body)
+
+    def post_as(self, image: bytes, headers: dict[str, str]) -> int:
+        """POST /restore with exactly `headers` (no default token)."""
+        files = {"image": ("a.png", image, "image/png")}
+        return httpx.post(f"{self.base}/restore", files=files, headers=headers, timeout=10).status_code
+
+    def call(self, method: str, path: str, headers: dict[str, str] | None = None) -> int:
+        """Any route, with exactly `headers` (no default token)."""
+        return httpx.request(method, f"{self.base}{path}", headers=headers, timeout=10).status_code
 
     def run(self, kind: str, route: str, expected: set[int], probes: Iterable[Probe]) -> None:
         result = KindResult(kind, route, sorted(expected))
@@ -439,6 +536,9 @@ class BadInputs:
         self.http.close()
 
 
+RAW_BOUNDARY = "capboundary"
+
+
 def _truncations() -> list[tuple[str, bytes]]:
     out = []
     for fmt_name in ("PNG", "JPEG", "WEBP"):
@@ -449,153 +549,301 @@ def _truncations() -> list[tuple[str, bytes]]:
     return out
 
 
-def run_bad_inputs(spawner: Spawner, fuzz: int) -> dict[str, Any]:
-    """Bad requests of named kinds against an API with tokens on; see the module docstring."""
-    redis.Redis.from_url(SHARED_REDIS_URL).flushdb()
-    _, base = start_api(spawner, redis_url=SHARED_REDIS_URL, api_tokens=f"{ALPHA},{BETA}", max_upload_bytes=UPLOAD_CAP,
-                        max_pixels=PIXEL_CAP, upload_idle_timeout_s=IDLE_S, upload_timeout_s=4 * IDLE_S,
-                        max_queue_depth=100_000, api_reaper=False)
-    b = BadInputs(base)
-    png = image_bytes((SIDE, SIDE))
-    auth_a = {"Authorization": f"Bearer {ALPHA}"}
-    try:
-        b.run("not multipart", "POST /restore", {415}, [
+def _chunked_over_cap() -> list[bytes]:
+    """A chunked body that crosses the cap; the terminating 0-chunk is never sent."""
+    part_head = (
+        f'--{RAW_BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + b"\x89PNG\r\n\x1a\n"
+    chunk = b"\0" * 16_384
+    return [f"{len(part_head):x}\r\n".encode() + part_head + b"\r\n"] + [
+        f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    ] * (UPLOAD_CAP // len(chunk) + 6)
+
+
+def _file_probes(b: BadInputs, fuzz: int, png: bytes) -> None:
+    """What the upload is: not a form, not an image, empty, truncated, mutated, a bomb."""
+    b.run(
+        "not multipart",
+        "POST /restore",
+        {415},
+        [
             ("raw PNG body", lambda: b.post_raw(png, {"Content-Type": "image/png"}), None),
             ("JSON body", lambda: b.post_raw(b'{"image": "x"}', {"Content-Type": "application/json"}), None),
-            ("urlencoded form", lambda: b.post_raw(b"image=abc", {"Content-Type": "application/x-www-form-urlencoded"}),
-             None),
+            (
+                "urlencoded form",
+                lambda: b.post_raw(b"image=abc", {"Content-Type": "application/x-www-form-urlencoded"}),
+                None,
+            ),
             ("no content type", lambda: b.post_raw(png, {}), None),
             ("multipart without boundary", lambda: b.post_raw(png, {"Content-Type": "multipart/form-data"}), None),
-        ])
-        not_images = {"text": b"just some text, certainly not pixels", "GIF": image_bytes(fmt="GIF"),
-                      "BMP": image_bytes(fmt="BMP"), "TIFF": image_bytes(fmt="TIFF"), "PDF": b"%PDF-1.7\n%\xe2\xe3" * 8,
-                      "ZIP": b"PK\x03\x04" + b"\0" * 60, "random bytes": random.Random(0).randbytes(512)}
-        b.run("type sniffed from the bytes", "POST /restore", {415},
-              [(name, lambda d=data: b.post_image(d, "looks-fine.png"), None) for name, data in not_images.items()])
-        b.run("empty file", "POST /restore", {422}, [("0 bytes", lambda: b.post_image(b""), None)])
-        b.run("truncated image", "POST /restore", {422},
-              [(label, lambda d=d: b.post_image(d, "t.bin", "application/octet-stream"), d)
-               for label, d in _truncations()])
-        mutants = _mutations(fuzz, seed=7)
-        b.run(f"mutated image (seeded, {fuzz})", "POST /restore", {415, 422},
-              [(f"mutant {i} ({f})", lambda d=d, f=f: b.post_image(d, f"x.{f.lower()}", "application/octet-stream"), d)
-               for i, (f, d) in enumerate(mutants)])
-        b.run("decompression-bomb header / over the pixel cap", "POST /restore", {422}, [
+        ],
+    )
+    not_images = {
+        "text": b"just some text, certainly not pixels",
+        "GIF": image_bytes(fmt="GIF"),
+        "BMP": image_bytes(fmt="BMP"),
+        "TIFF": image_bytes(fmt="TIFF"),
+        "PDF": b"%PDF-1.7\n%\xe2\xe3" * 8,
+        "ZIP": b"PK\x03\x04" + b"\0" * 60,
+        "random bytes": random.Random(0).randbytes(512),
+    }
+    b.run(
+        "type sniffed from the bytes",
+        "POST /restore",
+        {415},
+        [(name, partial(b.post_image, data, "looks-fine.png"), None) for name, data in not_images.items()],
+    )
+    b.run("empty file", "POST /restore", {422}, [("0 bytes", lambda: b.post_image(b""), None)])
+    b.run(
+        "truncated image",
+        "POST /restore",
+        {422},
+        [(label, partial(b.post_image, d, "t.bin", "application/octet-stream"), d) for label, d in _truncations()],
+    )
+    b.run(
+        f"mutated image (seeded, {fuzz})",
+        "POST /restore",
+        {415, 422},
+        [
+            (f"mutant {i} ({f})", partial(b.post_image, d, f"x.{f.lower()}", "application/octet-stream"), d)
+            for i, (f, d) in enumerate(_mutations(fuzz, seed=7))
+        ],
+    )
+    b.run(
+        "decompression-bomb header / over the pixel cap",
+        "POST /restore",
+        {422},
+        [
             ("PNG IHDR 100000²", lambda: b.post_image(png_with_header(100_000, 100_000)), None),
             ("PNG IHDR 65535²", lambda: b.post_image(png_with_header(65_535, 65_535)), None),
             ("PNG IHDR 1001×1000 (just over the cap)", lambda: b.post_image(png_with_header(1001, 1000)), None),
             ("PNG IHDR 0×16", lambda: b.post_image(png_with_header(0, 16)), None),
             ("JPEG SOF 60000²", lambda: b.post_image(jpeg_bomb(), "b.jpg"), None),
-        ])
-        boundary = "capboundary"
-        part_head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-                     "Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG\r\n\x1a\n"
-        head = (f"POST /restore HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ALPHA}\r\n"
-                f"Content-Type: multipart/form-data; boundary={boundary}\r\n")
-        chunk = b"\0" * 16_384
-        chunked = [f"{len(part_head):x}\r\n".encode() + part_head + b"\r\n"]
-        chunked += [f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"] * (UPLOAD_CAP // len(chunk) + 6)
-        b.run("body over the byte cap", "POST /restore", {413}, [
-            ("Content-Length 10× the cap", lambda: raw_http(base, (head + f"Content-Length: {UPLOAD_CAP * 10}\r\n\r\n")
-                                                             .encode()), None),
-            ("Content-Length 1 GB", lambda: raw_http(base, (head + "Content-Length: 1000000000\r\n\r\n").encode()), None),
-            ("chunked, no length, past the cap", lambda: raw_http(base, (head + "Transfer-Encoding: chunked\r\n\r\n")
-                                                                   .encode(), chunked), None),
-            ("ordinary client, image 1 byte over", lambda: b.post_image(b"\x89PNG\r\n\x1a\n" + b"\0" * UPLOAD_CAP), None),
+        ],
+    )
+
+
+def _form_probes(b: BadInputs, png: bytes) -> None:
+    """How the body is sent and what the form says: sizes, structure, fields, parameters, webhooks."""
+    image = ("image", "a.png", png)
+    b.run(
+        "body over the byte cap",
+        "POST /restore",
+        {413},
+        [
+            ("Content-Length 10× the cap", lambda: b.socket_post(f"Content-Length: {UPLOAD_CAP * 10}\r\n"), None),
+            ("Content-Length 1 GB", lambda: b.socket_post("Content-Length: 1000000000\r\n"), None),
+            (
+                "chunked, no length, past the cap",
+                lambda: b.socket_post("Transfer-Encoding: chunked\r\n", _chunked_over_cap()),
+                None,
+            ),
+            (
+                "ordinary client, image 1 byte over",
+                lambda: b.post_image(b"\x89PNG\r\n\x1a\n" + b"\0" * UPLOAD_CAP),
+                None,
+            ),
             ("form field over 2048 bytes", lambda: b.post_image(png, data={"preset": "x" * 3000}), None),
-        ])
-        many = [("image", "a.png", png)] + [(f"f{i}", None, b"1") for i in range(40)]
-        b.run("too many form parts", "POST /restore", {422},
-              [("41 parts", lambda: b.post_raw(multipart(many), multipart_headers()), None),
-               ("200 parts", lambda: b.post_raw(multipart(many * 5), multipart_headers()), None)])
-        b.run("bad form structure", "POST /restore", {400, 422}, [
-            ("no image field", lambda: b.post_raw(multipart([("picture", "a.png", png)]), multipart_headers()), None),
-            ("two image files", lambda: b.post_raw(multipart([("image", "a.png", png), ("image", "b.png", png)]),
-                                                   multipart_headers()), None),
-            ("field sent twice", lambda: b.post_raw(multipart([("image", "a.png", png), ("seed", None, b"1"),
-                                                                ("seed", None, b"2")]), multipart_headers()), None),
-            ("non-UTF-8 field", lambda: b.post_raw(multipart([("image", "a.png", png), ("preset", None, b"\xff\xfe")]),
-                                                   multipart_headers()), None),
-            ("no closing boundary", lambda: b.post_raw(multipart([("image", "a.png", png)], close=False),
-                                                       multipart_headers()), None),
+        ],
+    )
+    many: list[tuple[str, str | None, bytes]] = [image] + [(f"f{i}", None, b"1") for i in range(40)]
+    b.run(
+        "too many form parts",
+        "POST /restore",
+        {422},
+        [("41 parts", lambda: b.form(many), None), ("205 parts", lambda: b.form(many * 5), None)],
+    )
+    b.run(
+        "bad form structure",
+        "POST /restore",
+        {400, 422},
+        [
+            ("no image field", lambda: b.form([("picture", "a.png", png)]), None),
+            ("two image files", lambda: b.form([image, ("image", "b.png", png)]), None),
+            ("field sent twice", lambda: b.form([image, ("seed", None, b"1"), ("seed", None, b"2")]), None),
+            ("non-UTF-8 field", lambda: b.form([image, ("preset", None, b"\xff\xfe")]), None),
+            ("no closing boundary", lambda: b.form([image], close=False), None),
             ("body is not multipart", lambda: b.post_raw(b"hello" * 50, multipart_headers()), None),
-            ("part without a name", lambda: b.post_raw(b"--relbound\r\nContent-Disposition: form-data\r\n\r\nx\r\n"
-                                                       b"--relbound--\r\n", multipart_headers()), None),
-            ("Content-Length not a number", lambda: raw_http(base, (head + "Content-Length: abc\r\n\r\n").encode()), None),
+            (
+                "part without a name",
+                lambda: b.post_raw(
+                    b"--relbound\r\nContent-Disposition: form-data\r\n\r\nx\r\n--relbound--\r\n", multipart_headers()
+                ),
+                None,
+            ),
+            ("Content-Length not a number", lambda: b.socket_post("Content-Length: abc\r\n"), None),
             ("Idempotency-Key of 300 chars", lambda: b.post_image(png, headers={"Idempotency-Key": "k" * 300}), None),
-        ])
-        b.run("unknown form field", "POST /restore", {422}, [
-            (f"{name}={value!r}", lambda n=name, v=value: b.post_image(png, data={n: v}), None)
-            for name, value in (("stepz", "3"), ("Steps", "4"), ("lambda_deg", "0"), ("model", "other"))
-        ] + [("extra file field", lambda: b.post_raw(multipart([("image", "a.png", png), ("mask", "m.png", png)]),
-                                                     multipart_headers()), None)])
-        bad_params = [{"seed": "-1"}, {"seed": str(2**32)}, {"seed": "abc"}, {"seed": "1.5"}, {"steps": "0"},
-                      {"steps": "1001"}, {"steps": "many"}, {"checkpoint_every": "0"}, {"max_rounds": "0"},
-                      {"max_rounds": "11"}, {"eta": "2"}, {"eta": "-0.1"}, {"eta": "nan"}, {"eta": "inf"},
-                      {"dqr": "maybe"}, {"preset": "turbo"}, {"max_pixels": "10"}, {"max_pixels": str(2**40)},
-                      {"steps": "4", "checkpoint_every": "9"}, {"webhook": "not a url"},
-                      {"webhook": "ftp://example.com/hook"}, {"webhook": "javascript:alert(1)"}]
-        b.run("bad parameter values", "POST /restore", {422},
-              [(str(p), lambda p=p: b.post_image(png, data=p), None) for p in bad_params])
-        b.run("too many checkpoints", "POST /restore", {422}, [
-            (str(p), lambda p=p: b.post_image(png, data=p), None) for p in (
-                {"steps": "1000", "checkpoint_every": "1", "max_rounds": "10", "dqr": "on"},
-                {"steps": "1000", "checkpoint_every": "1", "dqr": "off"},
-                {"preset": "paper", "checkpoint_every": "2"})])
-        hooks = ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://169.254.169.254/latest/meta-data/",
-                 "http://10.0.0.1/hook", "http://192.168.1.10/hook", "http://172.16.0.1/hook", "http://100.64.0.1/hook",
-                 "http://[::1]/hook", "http://[::ffff:127.0.0.1]/hook", "http://[fd00:ec2::254]/", "http://0.0.0.0/hook",
-                 "http://2130706433/hook", "http://no-such-host.invalid/hook"]
-        b.run("webhook to an internal address", "POST /restore", {422},
-              [(url, lambda u=url: b.post_image(png, data={"webhook": u}), None) for url in hooks])
+        ],
+    )
+    unknown = (("stepz", "3"), ("Steps", "4"), ("lambda_deg", "0"), ("model", "other"))
+    b.run(
+        "unknown form field",
+        "POST /restore",
+        {422},
+        [(f"{n}={v!r}", partial(b.post_image, png, data={n: v}), None) for n, v in unknown]
+        + [("extra file field", lambda: b.form([image, ("mask", "m.png", png)]), None)],
+    )
+    bad_params = [
+        {"seed": "-1"},
+        {"seed": str(2**32)},
+        {"seed": "abc"},
+        {"seed": "1.5"},
+        {"steps": "0"},
+        {"steps": "1001"},
+        {"steps": "many"},
+        {"checkpoint_every": "0"},
+        {"max_rounds": "0"},
+        {"max_rounds": "11"},
+        {"eta": "2"},
+        {"eta": "-0.1"},
+        {"eta": "nan"},
+        {"eta": "inf"},
+        {"dqr": "maybe"},
+        {"preset": "turbo"},
+        {"max_pixels": "10"},
+        {"max_pixels": str(2**40)},
+        {"steps": "4", "checkpoint_every": "9"},
+        {"webhook": "not a url"},
+        {"webhook": "ftp://example.com/hook"},
+        {"webhook": "javascript:alert(1)"},
+    ]
+    b.run(
+        "bad parameter values",
+        "POST /restore",
+        {422},
+        [(str(p), partial(b.post_image, png, data=p), None) for p in bad_params],
+    )
+    too_many = (
+        {"steps": "1000", "checkpoint_every": "1", "max_rounds": "10", "dqr": "on"},
+        {"steps": "1000", "checkpoint_every": "1", "dqr": "off"},
+        {"preset": "paper", "checkpoint_every": "2"},
+    )
+    b.run(
+        "too many checkpoints",
+        "POST /restore",
+        {422},
+        [(str(p), partial(b.post_image, png, data=p), None) for p in too_many],
+    )
+    hooks = [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "http://192.168.1.10/hook",
+        "http://172.16.0.1/hook",
+        "http://100.64.0.1/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://[fd00:ec2::254]/",
+        "http://0.0.0.0/hook",
+        "http://2130706433/hook",
+        "http://no-such-host.invalid/hook",
+    ]
+    b.run(
+        "webhook to an internal address",
+        "POST /restore",
+        {422},
+        [(url, partial(b.post_image, png, data={"webhook": url}), None) for url in hooks],
+    )
+
+
+def _route_probes(b: BadInputs, png: bytes, job: str) -> None:
+    """Who asks and for what: tokens, job ids (`job` is a real job of ALPHA's), routes, a stalled body."""
+    mine, other = {"Authorization": f"Bearer {ALPHA}"}, {"Authorization": f"Bearer {BETA}"}
+    auth: list[Probe] = []
+    for label, hdrs in (
+        ("no token", {}),
+        ("wrong token", {"Authorization": "Bearer nope"}),
+        ("Basic scheme", {"Authorization": f"Basic {ALPHA}"}),
+        ("empty Bearer", {"Authorization": "Bearer"}),
+    ):
+        auth.append((f"POST /restore, {label}", partial(b.post_as, png, hdrs), None))
+        for method, path in (
+            ("GET", f"/jobs/{job}"),
+            ("GET", f"/jobs/{job}/result"),
+            ("GET", f"/jobs/{job}/events"),
+            ("POST", f"/jobs/{job}/cancel"),
+        ):
+            auth.append((f"{method} {path}, {label}", partial(b.call, method, path, hdrs), None))
+    b.run("missing or wrong bearer token", "/restore, /jobs/*", {401}, auth)
+    ids = [
+        ("GET", "/jobs/nope", mine),
+        ("GET", "/jobs/" + "a" * 65, mine),
+        ("GET", "/jobs/bad.id", mine),
+        ("GET", "/jobs/%20", mine),
+        ("GET", "/jobs/a%2Fb", mine),
+        ("GET", "/jobs/nope/result", mine),
+        ("GET", "/jobs/nope/events", mine),
+        ("POST", "/jobs/nope/cancel", mine),
+        ("GET", "/jobs/nope/checkpoints/0/preview", mine),
+        ("GET", f"/jobs/{job}/checkpoints/-1/preview", mine),
+        ("GET", f"/jobs/{job}/checkpoints/x/preview", mine),
+        ("GET", f"/jobs/{job}/checkpoints/100001/preview", mine),
+        ("GET", f"/jobs/{job}/result?format=gif", mine),
+        ("GET", f"/jobs/{job}", other),
+        ("POST", f"/jobs/{job}/cancel", other),
+        ("GET", f"/jobs/{job}/result", other),
+    ]
+    b.run(
+        "bad job ids / another token's job",
+        "/jobs/*",
+        {404, 422},
+        [(f"{m} {p}{' (other token)' if h is other else ''}", partial(b.call, m, p, h), None) for m, p, h in ids],
+    )
+    b.run(
+        "unknown route or method",
+        "*",
+        {404, 405},
+        [
+            ("GET /restore", lambda: b.http.get("/restore").status_code, None),
+            ("DELETE /jobs/{id}", lambda: b.http.delete(f"/jobs/{job}").status_code, None),
+            ("GET /admin", lambda: b.http.get("/admin").status_code, None),
+            ("PUT /restore", lambda: b.http.put("/restore", content=png).status_code, None),
+        ],
+    )
+    b.run("stalled upload", "POST /restore", {408}, [(f"stall #{i}", lambda: _stalled(b.base), None) for i in range(2)])
+
+
+def run_bad_inputs(spawner: Spawner, fuzz: int) -> dict[str, Any]:
+    """Bad requests of named kinds against an API with tokens on; see the module docstring."""
+    redis.Redis.from_url(SHARED_REDIS_URL).flushdb()
+    _, base = start_api(
+        spawner,
+        redis_url=SHARED_REDIS_URL,
+        api_tokens=f"{ALPHA},{BETA}",
+        max_upload_bytes=UPLOAD_CAP,
+        max_pixels=PIXEL_CAP,
+        upload_idle_timeout_s=IDLE_S,
+        upload_timeout_s=4 * IDLE_S,
+        max_queue_depth=100_000,
+        api_reaper=False,
+    )
+    b = BadInputs(base)
+    png = image_bytes((SIDE, SIDE))
+    try:
+        _file_probes(b, fuzz, png)
+        _form_probes(b, png)
         setup = b.http.post("/restore", files={"image": ("a.png", image_bytes((SIDE, SIDE), seed=99), "image/png")})
         if setup.status_code != 202:
             raise RuntimeError(f"a valid upload was refused: {setup.status_code} {setup.text[:200]}")
-        alpha_job = setup.json()["id"]  # a real job of ALPHA's: other tokens and bad paths are probed against it
-        auth_probes: list[Probe] = []
-        for label, hdrs in (("no token", {}), ("wrong token", {"Authorization": "Bearer nope"}),
-                            ("Basic scheme", {"Authorization": f"Basic {ALPHA}"}), ("empty Bearer", {"Authorization": "Bearer"})):
-            auth_probes.append((f"POST /restore, {label}", lambda h=hdrs: httpx.post(
-                f"{base}/restore", files={"image": ("a.png", png, "image/png")}, headers=h, timeout=10).status_code, None))
-            for method, path in (("GET", f"/jobs/{alpha_job}"), ("GET", f"/jobs/{alpha_job}/result"),
-                                 ("GET", f"/jobs/{alpha_job}/events"), ("POST", f"/jobs/{alpha_job}/cancel")):
-                auth_probes.append((f"{method} {path}, {label}", lambda m=method, p=path, h=hdrs: httpx.request(
-                    m, f"{base}{p}", headers=h, timeout=10).status_code, None))
-        b.run("missing or wrong bearer token", "/restore, /jobs/*", {401}, auth_probes)
-        other = {"Authorization": f"Bearer {BETA}"}
-        ids = [("GET", "/jobs/nope", auth_a), ("GET", "/jobs/" + "a" * 65, auth_a), ("GET", "/jobs/bad.id", auth_a),
-               ("GET", "/jobs/%20", auth_a), ("GET", "/jobs/a%2Fb", auth_a), ("GET", "/jobs/nope/result", auth_a),
-               ("GET", "/jobs/nope/events", auth_a), ("POST", "/jobs/nope/cancel", auth_a),
-               ("GET", "/jobs/nope/checkpoints/0/preview", auth_a), ("GET", f"/jobs/{alpha_job}/checkpoints/-1/preview", auth_a),
-               ("GET", f"/jobs/{alpha_job}/checkpoints/x/preview", auth_a),
-               ("GET", f"/jobs/{alpha_job}/checkpoints/100001/preview", auth_a),
-               ("GET", f"/jobs/{alpha_job}/result?format=gif", auth_a),
-               ("GET", f"/jobs/{alpha_job}", other), ("POST", f"/jobs/{alpha_job}/cancel", other),
-               ("GET", f"/jobs/{alpha_job}/result", other)]
-        b.run("bad job ids / another token's job", "/jobs/*", {404, 422},
-              [(f"{m} {p}{' (other token)' if h is other else ''}", lambda m=m, p=p, h=h: httpx.request(
-                  m, f"{base}{p}", headers=h, timeout=10).status_code, None) for m, p, h in ids])
-        b.run("unknown route or method", "*", {404, 405}, [
-            ("GET /restore", lambda: b.http.get("/restore").status_code, None),
-            ("DELETE /jobs/x", lambda: b.http.delete(f"/jobs/{alpha_job}").status_code, None),
-            ("GET /admin", lambda: b.http.get("/admin").status_code, None),
-            ("PUT /restore", lambda: b.http.put("/restore", content=png).status_code, None)])
-        b.run("stalled upload", "POST /restore", {408}, [
-            (f"stall #{i}", lambda: _stalled(base), None) for i in range(2)])
+        _route_probes(b, png, setup.json()["id"])
         ok_after = b.post_image(image_bytes((SIDE, SIDE), seed=5))  # the API still takes a good upload
     finally:
         b.close()
     rows = [k.row() for k in b.kinds]
-    statuses = Counter()
+    statuses: Counter = Counter()
     for k in b.kinds:
         statuses.update(k.statuses)
-    return {"total": sum(r["count"] for r in rows),
-            "total_5xx": sum(v for s, v in statuses.items() if isinstance(s, int) and s >= 500),
-            "transport_errors": sum(v for s, v in statuses.items() if isinstance(s, str)),
-            "accepted_still_valid": sum(r["accepted_still_valid"] for r in rows),
-            "wrong": sum(r["wrong"] for r in rows),
-            "good_upload_after": ok_after,
-            "kinds": rows}
+    return {
+        "total": sum(r["count"] for r in rows),
+        "total_5xx": sum(v for s, v in statuses.items() if isinstance(s, int) and s >= 500),
+        "transport_errors": sum(v for s, v in statuses.items() if isinstance(s, str)),
+        "accepted_still_valid": sum(r["accepted_still_valid"] for r in rows),
+        "wrong": sum(r["wrong"] for r in rows),
+        "good_upload_after": ok_after,
+        "kinds": rows,
+    }
 
 
 def _stalled(base: str) -> int:
@@ -613,8 +861,7 @@ def run_load(spawner: Spawner, n: int, label: str, **env: Any) -> dict[str, Any]
     """n concurrent submissions to an API capped at LOAD_QUEUE_CAP queued jobs, no worker (`env`: more settings)."""
     client = redis.Redis.from_url(SHARED_REDIS_URL)
     client.flushdb()
-    proc, base = start_api(spawner, redis_url=SHARED_REDIS_URL, max_queue_depth=LOAD_QUEUE_CAP, api_reaper=False,
-                           **env)
+    proc, base = start_api(spawner, redis_url=SHARED_REDIS_URL, max_queue_depth=LOAD_QUEUE_CAP, api_reaper=False, **env)
     image = image_bytes((SIDE, SIDE))
     t0 = time.perf_counter()
     answers = asyncio.run(_load(base, n, image))
@@ -626,17 +873,25 @@ def run_load(spawner: Spawner, n: int, label: str, **env: Any) -> dict[str, Any]
     codes = Counter(a[0] for a in answers)
     lat = [a[1] for a in answers]
     full_depths = [int(a[2].split("(")[1].split(" ")[0]) for a in answers if a[0] == 429 and "queue is full (" in a[2]]
-    return {"config": label, "concurrency": n, "queue_cap": LOAD_QUEUE_CAP, "wall_s": round(wall, 2),
-            "statuses": {str(k): v for k, v in sorted(codes.items(), key=lambda kv: str(kv[0]))},
-            "accepted_202": codes.get(202, 0), "refused_429": codes.get(429, 0),
-            "other_errors": sum(v for k, v in codes.items() if k not in (202, 429)),
-            "other_error_details": sorted({f"{a[0]}: {a[2][:160]}" for a in answers if a[0] not in (202, 429)})[:5],
-            "queue_depth_after": depth,
-            "min_depth_reported_in_429": min(full_depths) if full_depths else None,
-            "latency_p50_s": round(pct(lat, 50) or 0, 3), "latency_p99_s": round(pct(lat, 99) or 0, 3),
-            "latency_max_s": round(max(lat), 3),
-            "latency_p50_by_status_s": {str(c): round(pct([a[1] for a in answers if a[0] == c], 50) or 0, 3)
-                                        for c in codes}}
+    return {
+        "config": label,
+        "concurrency": n,
+        "queue_cap": LOAD_QUEUE_CAP,
+        "wall_s": round(wall, 2),
+        "statuses": {str(k): v for k, v in sorted(codes.items(), key=lambda kv: str(kv[0]))},
+        "accepted_202": codes.get(202, 0),
+        "refused_429": codes.get(429, 0),
+        "other_errors": sum(v for k, v in codes.items() if k not in (202, 429)),
+        "other_error_details": sorted({f"{a[0]}: {a[2][:160]}" for a in answers if a[0] not in (202, 429)})[:5],
+        "queue_depth_after": depth,
+        "min_depth_reported_in_429": min(full_depths) if full_depths else None,
+        "latency_p50_s": round(pct(lat, 50) or 0, 3),
+        "latency_p99_s": round(pct(lat, 99) or 0, 3),
+        "latency_max_s": round(max(lat), 3),
+        "latency_p50_by_status_s": {
+            str(c): round(pct([a[1] for a in answers if a[0] == c], 50) or 0, 3) for c in codes
+        },
+    }
 
 
 async def _load(base: str, n: int, image: bytes) -> list[tuple[int | str, float, str]]:
@@ -648,8 +903,11 @@ async def _load(base: str, n: int, image: bytes) -> list[tuple[int | str, float,
             await go.wait()
             t0 = time.perf_counter()
             try:
-                r = await client.post("/restore", files={"image": ("in.png", image, "image/png")},
-                                      data={k: str(v) for k, v in QUICK.items()})
+                r = await client.post(
+                    "/restore",
+                    files={"image": ("in.png", image, "image/png")},
+                    data={k: str(v) for k, v in QUICK.items()},
+                )
                 detail = r.json().get("detail", "") if r.status_code != 202 else ""
                 return r.status_code, time.perf_counter() - t0, str(detail)
             except httpx.HTTPError as exc:
@@ -676,6 +934,7 @@ class Stack:
     api_proc: Proc | None = None
     api: str = ""
     workers: dict[str, Proc] = field(default_factory=dict)
+    step_rate: float = DEFAULT_STEP_RATE  # steps/s of a whole finished job, measured in an earlier scenario
 
     @property
     def url(self) -> str:
@@ -685,8 +944,9 @@ class Stack:
         return redis.Redis(port=self.port, socket_timeout=2)
 
 
-def start_stack(spawner: Spawner, name: str, model: Path, workers: list[str], redis_args: tuple[str, ...] = (),
-                **env: Any) -> Stack:
+def start_stack(
+    spawner: Spawner, name: str, model: Path, workers: list[str], redis_args: tuple[str, ...] = (), **env: Any
+) -> Stack:
     """Start Redis, then the API and the workers without waiting for them (they load in the background)."""
     stack = Stack(name, free_port(), {}, redis_args)
     stack.env = {**FAST_ENV, "model": str(model), "redis_url": stack.url, **env}
@@ -719,9 +979,16 @@ def scenario_kill_fail(stack: Stack) -> FaultResult:
     t = tracks[job]
     took = t.ended_at - fault if t.ended_at else None
     ok = t.status == "failed" and took is not None and took <= bound + BOUND_SLACK_S
-    return summarise("worker SIGKILL mid-job, on_worker_lost=fail", tracks, fault,
-                     f"failed within lost_after + reaper interval = {bound:g} s", ok,
-                     bound_s=bound, killed=victim, error=t.error)
+    return summarise(
+        "worker SIGKILL mid-job, on_worker_lost=fail",
+        tracks,
+        fault,
+        f"failed within lost_after + reaper interval = {bound:g} s",
+        ok,
+        bound_s=bound,
+        killed=victim,
+        error=t.error,
+    )
 
 
 def scenario_kill_requeue(stack: Stack) -> tuple[FaultResult, str]:
@@ -738,10 +1005,18 @@ def scenario_kill_requeue(stack: Stack) -> tuple[FaultResult, str]:
     tracks = watcher.finish(fault + JOB_DEADLINE_S)
     t = tracks[job]
     ok = t.status == "succeeded" and t.worker == survivor and t.attempt == 2
-    res = summarise("worker SIGKILL mid-job, on_worker_lost=requeue", tracks, fault,
-                    "re-queued within 3.5 s, then succeeded on the other worker", ok,
-                    killed=victim, finished_by=t.worker, attempt=t.attempt,
-                    fault_to_requeued_s=round(t.requeued_at - fault, 2) if t.requeued_at else None)
+    res = summarise(
+        "worker SIGKILL mid-job, on_worker_lost=requeue",
+        tracks,
+        fault,
+        "re-queued within 3.5 s, then succeeded on the other worker",
+        ok,
+        killed=victim,
+        finished_by=t.worker,
+        attempt=t.attempt,
+        fault_to_requeued_s=round(t.requeued_at - fault, 2) if t.requeued_at else None,
+        steps_per_s=step_rate(r, job),
+    )
     return res, survivor
 
 
@@ -759,10 +1034,16 @@ def scenario_orphan_ticket(stack: Stack) -> FaultResult:
     tracks = watcher.finish(fault + JOB_DEADLINE_S)
     t = tracks[orphan]
     ok = popped_s == f"{orphan}-1" and t.status == "succeeded" and t.attempt == 2
-    return summarise("RQ ticket taken, job never started (LPOP)", tracks, fault,
-                     "the reaper re-queues it (≤ 3.5 s), a worker finishes it", ok, popped=popped_s,
-                     fault_to_requeued_s=round(t.requeued_at - fault, 2) if t.requeued_at else None,
-                     note="fault→terminal includes the rest of the job the worker was busy with")
+    return summarise(
+        "RQ ticket taken, job never started (LPOP)",
+        tracks,
+        fault,
+        "the reaper re-queues it (≤ 3.5 s), a worker finishes it",
+        ok,
+        popped=popped_s,
+        fault_to_requeued_s=round(t.requeued_at - fault, 2) if t.requeued_at else None,
+        note="fault→terminal includes the rest of the job the worker was busy with",
+    )
 
 
 def scenario_api_restart(spawner: Spawner, stack: Stack) -> FaultResult:
@@ -784,7 +1065,7 @@ def scenario_api_restart(spawner: Spawner, stack: Stack) -> FaultResult:
         for i in range(0, len(body), step):
             if i >= len(body) // 3:
                 halfway.set()
-            yield body[i:i + step]
+            yield body[i : i + step]
             time.sleep(0.02)
 
     def upload() -> None:
@@ -812,12 +1093,21 @@ def scenario_api_restart(spawner: Spawner, stack: Stack) -> FaultResult:
     proc2.stop()
     same = again.status_code == 202 and again.json().get("id") == job
     ok = first.get("status") is None and retry.status_code == 202 and same and jobs_made == 1
-    return summarise("API killed mid-upload, retried with the same Idempotency-Key", tracks, fault,
-                     "exactly one job, the replay returns it", ok,
-                     first_attempt=first, jobs_created_by_killed_upload=created_by_killed,
-                     retry_status=retry.status_code, replay_status=again.status_code,
-                     replay_same_job=same, replay_header=again.headers.get("Idempotent-Replayed"),
-                     jobs_created=jobs_made, upload_bytes=len(body))
+    return summarise(
+        "API killed mid-upload, retried with the same Idempotency-Key",
+        tracks,
+        fault,
+        "exactly one job, the replay returns it",
+        ok,
+        first_attempt=first,
+        jobs_created_by_killed_upload=created_by_killed,
+        retry_status=retry.status_code,
+        replay_status=again.status_code,
+        replay_same_job=same,
+        replay_header=again.headers.get("Idempotent-Replayed"),
+        jobs_created=jobs_made,
+        upload_bytes=len(body),
+    )
 
 
 def _job_count(r: redis.Redis) -> int:
@@ -834,29 +1124,40 @@ def scenario_sigterm(spawner: Spawner, stack: Stack, worker: str) -> FaultResult
     watcher.start()
     stack.workers[worker].signal(signal.SIGTERM)
     fault = time.monotonic()
-    successor = "b3"
-    stack.workers[successor] = spawner.worker(successor, wait_ready=False, **stack.env)  # loads meanwhile
     rc = stack.workers[worker].wait(JOB_DEADLINE_S)
     exited_s = time.monotonic() - fault
     at_exit = {j: job_fields(r, j, "status")[0] for j in queued}
-    successor_ready_at_exit = bool(r.exists(f"{PREFIX}:worker:{successor}"))
     running_at_exit = job_fields(r, running, "status")[0]
+    successor = "b3"  # started only now, so that nothing but the stopping worker could have taken the queue
+    stack.workers[successor] = spawner.worker(successor, wait_ready=False, **stack.env)
     tracks = watcher.finish(fault + JOB_DEADLINE_S)
-    ok = (rc == 0 and running_at_exit == "succeeded" and all(s == "queued" for s in at_exit.values())
-          and all(tracks[j].status == "succeeded" and tracks[j].worker == successor for j in queued))
-    wait_worker(stack.workers[successor], stack.url, successor)
-    return summarise("worker SIGTERM with a queue, shutdown=finish", tracks, fault,
-                     "running job succeeds, exit 0, queued stay queued, the next worker runs them", ok,
-                     exit_code=rc, exit_after_s=round(exited_s, 2), running_job_at_exit=running_at_exit,
-                     queued_at_exit=list(at_exit.values()), successor_ready_at_exit=successor_ready_at_exit,
-                     queued_finished_by=[tracks[j].worker for j in queued])
+    ok = (
+        rc == 0
+        and running_at_exit == "succeeded"
+        and all(s == "queued" for s in at_exit.values())
+        and all(tracks[j].status == "succeeded" and tracks[j].worker == successor for j in queued)
+    )
+    return summarise(
+        "worker SIGTERM with a queue, shutdown=finish",
+        tracks,
+        fault,
+        "running job succeeds, exit 0, queued stay queued, the next worker runs them",
+        ok,
+        exit_code=rc,
+        exit_after_s=round(exited_s, 2),
+        running_job_at_exit=running_at_exit,
+        queued_at_exit=list(at_exit.values()),
+        queued_finished_by=[tracks[j].worker for j in queued],
+        note="fault→terminal includes the second worker's start (torch import, model load)",
+    )
 
 
-def scenario_redis_restart(spawner: Spawner, stack: Stack) -> FaultResult:
-    """Stop Redis (SIGTERM: AOF flushed) while one job runs and three wait; REDIS_DOWN_S later start it again on
+def scenario_redis_restart(spawner: Spawner, stack: Stack, down_s: float, run: int) -> FaultResult:
+    """Stop Redis (SIGTERM: AOF flushed) while one job runs and three wait; `down_s` later start it again on
     the same port and dir."""
     r = stack.client()
-    running = submit_job(stack.api, **MEDIUM)
+    steps = min(1000, max(20, round(stack.step_rate * SPAN_S)))
+    running = submit_job(stack.api, **SPANNING, steps=steps, checkpoint_every=steps)
     wait_running(r, running)
     queued = [submit_job(stack.api, side=OTHER_SIDE, img_seed=40 + i, **QUICK) for i in range(3)]
     r.close()
@@ -865,18 +1166,29 @@ def scenario_redis_restart(spawner: Spawner, stack: Stack) -> FaultResult:
     assert stack.redis_proc is not None
     fault = time.monotonic()
     down_rc = stack.redis_proc.stop(timeout=30)
-    time.sleep(max(0.0, REDIS_DOWN_S - (time.monotonic() - fault)))
+    time.sleep(max(0.0, down_s - (time.monotonic() - fault)))
     stack.redis_proc = start_redis(spawner, stack.port, *stack.redis_args)
     outage = time.monotonic() - fault
     tracks = watcher.finish(fault + JOB_DEADLINE_S)
-    ok = all(t.status in TERMINAL for t in tracks.values())
-    return summarise(f"Redis restart (AOF), down {REDIS_DOWN_S:g} s, 1 running + 3 queued", tracks, fault,
-                     "every job ends (none lost); no process restarted but Redis", ok,
-                     redis_exit_code=down_rc, outage_s=round(outage, 2),
-                     running_job=f"{tracks[running].status} (attempt {tracks[running].attempt})",
-                     errors={t.job_id[:8]: t.error for t in tracks.values() if t.status != "succeeded"},
-                     api_alive=bool(stack.api_proc and stack.api_proc.alive()),
-                     workers_alive=[n for n, p in stack.workers.items() if p.alive()])
+    ok = all(t.status == "succeeded" for t in tracks.values())
+    return summarise(
+        f"Redis restart #{run} (AOF), down {down_s:g} s, 1 running + 3 queued",
+        tracks,
+        fault,
+        "every job ends (none lost); the worker stays alive, so each succeeds",
+        ok,
+        redis_exit_code=down_rc,
+        outage_s=round(outage, 2),
+        running_job_steps=steps,
+        running_job=f"{tracks[running].status} (attempt {tracks[running].attempt})",
+        jobs=[
+            f"{t.job_id[:8]} {t.status} after {fmt(t.ended_at - fault if t.ended_at else None)} s"
+            for t in tracks.values()
+        ],
+        errors={t.job_id[:8]: t.error for t in tracks.values() if t.status != "succeeded"},
+        api_alive=bool(stack.api_proc and stack.api_proc.alive()),
+        workers_alive=[n for n, p in stack.workers.items() if p.alive()],
+    )
 
 
 def scenario_oom(stack: Stack) -> FaultResult:
@@ -906,8 +1218,9 @@ def scenario_oom(stack: Stack) -> FaultResult:
     fault = first_refusal or time.monotonic()
     watcher = Watcher(stack.port, accepted)
     watcher.start()
-    probes = {"GET /jobs/{id}": httpx.get(f"{stack.api}/jobs/{accepted[0]}", timeout=10).status_code if accepted else None,
-              "GET /readyz": httpx.get(f"{stack.api}/readyz", timeout=10).status_code}
+    probes = {"GET /readyz": httpx.get(f"{stack.api}/readyz", timeout=10).status_code}
+    if accepted:
+        probes["GET /jobs/{id}"] = httpx.get(f"{stack.api}/jobs/{accepted[0]}", timeout=10).status_code
     hold_until = fault + OOM_HOLD_S
     while time.monotonic() < hold_until and not watcher.ended():
         time.sleep(POLL_S)
@@ -918,26 +1231,39 @@ def scenario_oom(stack: Stack) -> FaultResult:
     relief = time.monotonic()
     tracks = watcher.finish(relief + JOB_DEADLINE_S)
     after = submit(stack.api, **QUICK)
-    ok = codes.get(500, 0) == 0 and all(c in (202, 429, 503) for c in codes) and (codes.get(503, 0)
-                                                                                  + codes.get(429, 0)) > 0
-    return summarise("Redis full (maxmemory, noeviction)", tracks, fault,
-                     "503 + Retry-After (or 429), never 500; accepted jobs end", ok,
-                     maxmemory=OOM_MAXMEMORY, submissions={str(k): v for k, v in codes.items()},
-                     refusals_with_retry_after=dict(retry_after), probes_while_full=probes,
-                     used_memory_mb_at_first_refusal=round(used_at_refusal or 0, 2),
-                     used_memory_mb_end_of_hold=round(used_mb, 2), held_full_s=OOM_HOLD_S,
-                     ended_while_full=ended_full, ended_after_relief=sum(1 for t in tracks.values() if t.ended_at)
-                     - ended_full, relief_to_last_terminal_s=round(max(
-                         (t.ended_at - relief for t in tracks.values() if t.ended_at), default=0.0), 2),
-                     errors=sorted({(t.error or "")[:120] for t in tracks.values() if t.status != "succeeded"}),
-                     submit_after_relief=after.status_code)
+    ok = (
+        codes.get(500, 0) == 0
+        and all(c in (202, 429, 503) for c in codes)
+        and (codes.get(503, 0) + codes.get(429, 0)) > 0
+    )
+    return summarise(
+        "Redis full (maxmemory, noeviction)",
+        tracks,
+        fault,
+        "503 + Retry-After (or 429), never 500; accepted jobs end",
+        ok,
+        maxmemory=OOM_MAXMEMORY,
+        submissions={str(k): v for k, v in codes.items()},
+        refusals_with_retry_after=dict(retry_after),
+        probes_while_full=probes,
+        used_memory_mb_at_first_refusal=round(used_at_refusal or 0, 2),
+        used_memory_mb_end_of_hold=round(used_mb, 2),
+        held_full_s=OOM_HOLD_S,
+        ended_while_full=ended_full,
+        ended_after_relief=sum(1 for t in tracks.values() if t.ended_at) - ended_full,
+        relief_to_last_terminal_s=round(
+            max((t.ended_at - relief for t in tracks.values() if t.ended_at), default=0.0), 2
+        ),
+        errors=sorted({(t.error or "")[:120] for t in tracks.values() if t.status != "succeeded"}),
+        submit_after_relief=after.status_code,
+    )
 
 
 def run_faults(spawner: Spawner, stacks: dict[str, Stack], failures: list[str]) -> list[FaultResult]:
     """Every scenario in turn; one that breaks is listed in `failures` and the next still runs."""
     for stack in stacks.values():
         wait_stack(stack)
-    results: list[FaultResult] = []
+    results: list[FaultResult | None] = []
 
     def guarded(name: str, run: Callable[[], Any]) -> Any:
         try:
@@ -953,11 +1279,14 @@ def run_faults(spawner: Spawner, stacks: dict[str, Stack], failures: list[str]) 
     results.append(guarded("kill (fail)", lambda: scenario_kill_fail(a)))
     requeue = guarded("kill (requeue)", lambda: scenario_kill_requeue(b))
     results.append(requeue[0] if requeue else None)
+    if requeue and requeue[0].details.get("steps_per_s"):
+        a.step_rate = requeue[0].details["steps_per_s"]  # same model, same machine: sizes the Redis-restart job
     results.append(guarded("orphan ticket", lambda: scenario_orphan_ticket(b)))
     results.append(guarded("API restart", lambda: scenario_api_restart(spawner, b)))
     survivor = requeue[1] if requeue else next(n for n, p in b.workers.items() if p.alive())
     results.append(guarded("SIGTERM", lambda: scenario_sigterm(spawner, b, survivor)))
-    results.append(guarded("Redis restart", lambda: scenario_redis_restart(spawner, a)))
+    for run, down_s in enumerate(REDIS_DOWN_S, start=1):
+        results.append(guarded(f"Redis restart #{run}", partial(scenario_redis_restart, spawner, a, down_s, run)))
     results.append(guarded("Redis OOM", lambda: scenario_oom(stacks["oom"])))
     return [r for r in results if r is not None]
 
@@ -969,8 +1298,9 @@ def start_fault_stacks(spawner: Spawner, model: Path, tmp: Path) -> dict[str, St
     return {  # default settings (on_worker_lost=fail) with AOF: the kill, then the Redis restart on the survivor
         "fail": start_stack(spawner, "fail", model, ["a1", "a2"], ("--appendonly", "yes", "--dir", str(aof))),
         "requeue": start_stack(spawner, "requeue", model, ["b1", "b2"], on_worker_lost="requeue"),
-        "oom": start_stack(spawner, "oom", model, ["d1"], ("--maxmemory", OOM_MAXMEMORY,
-                                                           "--maxmemory-policy", "noeviction")),
+        "oom": start_stack(
+            spawner, "oom", model, ["d1"], ("--maxmemory", OOM_MAXMEMORY, "--maxmemory-policy", "noeviction")
+        ),
     }
 
 
@@ -978,36 +1308,50 @@ def start_fault_stacks(spawner: Spawner, model: Path, tmp: Path) -> dict[str, St
 
 
 def render_md(summary: dict[str, Any]) -> str:
-    lines = [header_md("Reliability figures", summary["machine"], summary["command"]),
-             f"Total wall time: {summary['wall_s']:.0f} s. Processes: real API, workers (tiny prior, CPU), "
-             "redis-server; nothing faked.", ""]
+    lines = [
+        header_md("Reliability figures", summary["machine"], summary["command"]),
+        f"Code: {summary.get('code', 'n/a')}. Total wall time: {summary['wall_s']:.0f} s. Processes: real API, "
+        "workers (tiny prior, CPU), redis-server; nothing faked.",
+        "",
+    ]
     bad = summary.get("bad_inputs")
     if bad:
-        lines += ["## Bad inputs", "",
-                  f"{bad['total']} requests, **{bad['total_5xx']} answered 5xx**, {bad['transport_errors']} transport "
-                  f"errors, {bad['accepted_still_valid']} mutants accepted because they still decode, "
-                  f"{bad['wrong']} answered outside the expected statuses. A good upload afterwards: "
-                  f"{bad['good_upload_after']}.", "",
-                  "| kind | route | n | statuses seen | expected | right 4xx | accepted (still valid) | wrong | share ok |",
-                  "|---|---|---:|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "## Bad inputs",
+            "",
+            f"{bad['total']} requests, **{bad['total_5xx']} answered 5xx**, {bad['transport_errors']} transport "
+            f"errors, {bad['accepted_still_valid']} mutants accepted because they still decode, "
+            f"{bad['wrong']} answered outside the expected statuses. A good upload afterwards: "
+            f"{bad['good_upload_after']}.",
+            "",
+            "| kind | route | n | statuses seen | expected | right 4xx | accepted (still valid) | wrong | share ok |",
+            "|---|---|---:|---|---|---:|---:|---:|---:|",
+        ]
         for k in bad["kinds"]:
             seen = ", ".join(f"{s}×{n}" for s, n in k["statuses"].items())
-            lines.append(f"| {k['kind']} | {k['route']} | {k['count']} | {seen} | "
-                         f"{'/'.join(map(str, k['expected']))} | {k['right_4xx']} | {k['accepted_still_valid']} | "
-                         f"{k['wrong']} | {k['share_ok']:.0%} |")
+            lines.append(
+                f"| {k['kind']} | {k['route']} | {k['count']} | {seen} | "
+                f"{'/'.join(map(str, k['expected']))} | {k['right_4xx']} | {k['accepted_still_valid']} | "
+                f"{k['wrong']} | {k['share_ok']:.0%} |"
+            )
         wrong = [f"- {k['kind']}: {e}" for k in bad["kinds"] for e in k["wrong_examples"]]
         if wrong:
             lines += ["", "Answered outside the expected statuses:", *wrong]
         lines.append("")
     faults = summary.get("faults")
     if faults:
-        lines += ["## Faults injected", "",
-                  "| scenario | jobs | lost | longest fault → terminal (s) | expected | outcomes | as expected |",
-                  "|---|---:|---:|---:|---|---|---|"]
+        lines += [
+            "## Faults injected",
+            "",
+            "| scenario | jobs | lost | longest fault → terminal (s) | expected | outcomes | as expected |",
+            "|---|---:|---:|---:|---|---|---|",
+        ]
         for f in faults:
             outcomes = ", ".join(f"{k} {v}" for k, v in f["outcomes"].items())
-            lines.append(f"| {f['scenario']} | {f['submitted']} | {f['lost']} | {fmt(f['max_fault_to_terminal_s'])} | "
-                         f"{f['expectation']} | {outcomes} | {'yes' if f['ok'] else '**no**'} |")
+            lines.append(
+                f"| {f['scenario']} | {f['submitted']} | {f['lost']} | {fmt(f['max_fault_to_terminal_s'])} | "
+                f"{f['expectation']} | {outcomes} | {'yes' if f['ok'] else '**no**'} |"
+            )
         lines += ["", "Details:", ""]
         for f in faults:
             detail = "; ".join(f"{k}={v}" for k, v in f["details"].items())
@@ -1015,16 +1359,24 @@ def render_md(summary: dict[str, Any]) -> str:
         lines.append("")
     loads = summary.get("load")
     if loads:
-        lines += ["## Load", "",
-                  f"{loads[0]['concurrency']} concurrent `POST /restore` (32² PNG) on loopback, `UPZIR_MAX_QUEUE_DEPTH="
-                  f"{loads[0]['queue_cap']}`, no worker.", "",
-                  "| API settings | 202 | 429 | other | queue depth after | smallest depth named in a 429 | p50 (s) |"
-                  " p99 (s) | max (s) | wall (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "## Load",
+            "",
+            f"{loads[0]['concurrency']} concurrent `POST /restore` (32² PNG) on loopback, `UPZIR_MAX_QUEUE_DEPTH="
+            f"{loads[0]['queue_cap']}`, no worker.",
+            "",
+            "| API settings | 202 | 429 | other | queue depth after | smallest depth named in a 429 | p50 (s) |"
+            " p99 (s) | max (s) | wall (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for load in loads:
-            lines.append(f"| {load['config']} | {load['accepted_202']} | {load['refused_429']} | {load['other_errors']} | "
-                         f"{load['queue_depth_after']} | {fmt(load['min_depth_reported_in_429'])} | "
-                         f"{load['latency_p50_s']} | {load['latency_p99_s']} | {load['latency_max_s']} | "
-                         f"{load['wall_s']} |")
+            lines.append(
+                f"| {load['config']} | {load['accepted_202']} | {load['refused_429']} | "
+                f"{load['other_errors']} | "
+                f"{load['queue_depth_after']} | {fmt(load['min_depth_reported_in_429'])} | "
+                f"{load['latency_p50_s']} | {load['latency_p99_s']} | {load['latency_max_s']} | "
+                f"{load['wall_s']} |"
+            )
         lines.append("")
         for load in loads:
             if load["other_error_details"]:
@@ -1058,17 +1410,43 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the shared Redis ({SHARED_REDIS_URL}) is not reachable: {exc}") from None
     tmp = Path(tempfile.mkdtemp(prefix="upzir-reliability-"))
     spawner = Spawner(tmp)
-    summary: dict[str, Any] = {"machine": machine("cpu"), "command": command_line(), "failures": [],
-                               "settings": {**FAST_ENV, "quick_job": QUICK, "medium_job": MEDIUM,
-                                            "job_deadline_s": JOB_DEADLINE_S, "upload_cap": UPLOAD_CAP,
-                                            "pixel_cap": PIXEL_CAP, "upload_idle_timeout_s": IDLE_S}}
+    summary: dict[str, Any] = {
+        "machine": machine("cpu"),
+        "command": command_line(),
+        "code": code_version(),
+        "failures": [],
+        "settings": {
+            **FAST_ENV,
+            "quick_job": QUICK,
+            "medium_job": MEDIUM,
+            "spanning_job": {**SPANNING, "work_s": SPAN_S},
+            "long_job": LONG,
+            "job_deadline_s": JOB_DEADLINE_S,
+            "redis_down_s": REDIS_DOWN_S,
+            "oom_maxmemory": OOM_MAXMEMORY,
+            "oom_upload_side": OOM_UPLOAD_SIDE,
+            "oom_hold_s": OOM_HOLD_S,
+            "upload_cap": UPLOAD_CAP,
+            "pixel_cap": PIXEL_CAP,
+            "upload_idle_timeout_s": IDLE_S,
+        },
+    }
     try:
         model = make_tiny_uncond_ldm(tmp / "tiny-ldm") if "faults" in parts else None
         if "load" in parts:
-            _part(summary, "load", lambda: [
-                run_load(spawner, args.concurrency, "defaults (UPZIR_MAX_CONCURRENT_UPLOADS=8)"),
-                run_load(spawner, args.concurrency, f"UPZIR_MAX_CONCURRENT_UPLOADS={args.concurrency}",
-                         max_concurrent_uploads=args.concurrency)])
+            _part(
+                summary,
+                "load",
+                lambda: [
+                    run_load(spawner, args.concurrency, f"defaults ({_upload_slots()})"),
+                    run_load(
+                        spawner,
+                        args.concurrency,
+                        f"UPZIR_MAX_CONCURRENT_UPLOADS={args.concurrency}",
+                        max_concurrent_uploads=args.concurrency,
+                    ),
+                ],
+            )
         stacks: dict[str, Stack] = {}
         if model is not None:
             stacks = start_fault_stacks(spawner, model, tmp)  # workers load while the bad inputs run
@@ -1092,6 +1470,27 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.md").write_text(md)
     print(md)
     return 1 if summary["failures"] else 0
+
+
+def code_version() -> str:
+    """The commit the processes ran, and whether the service's own folders had uncommitted changes."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "service", "worker", "jobs", "restorer")
+    return git("rev-parse", "--short", "HEAD") + (
+        " + uncommitted changes in service/worker/jobs/restorer" if dirty else ""
+    )
+
+
+def _upload_slots() -> str:
+    """The API's default upload-slot settings, as the label of the default load run."""
+    from jobs.settings import Settings
+
+    names = [n for n in ("max_concurrent_uploads", "upload_slot_wait_s") if n in Settings.model_fields]
+    return ", ".join(f"UPZIR_{n.upper()}={Settings.model_fields[n].default}" for n in names)
 
 
 def _part(summary: dict[str, Any], name: str, run: Callable[[], Any]) -> None:

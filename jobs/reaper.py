@@ -115,7 +115,11 @@ def _why_processing_is_lost(
         )
         return dead, True
     if record.id not in worker.jobs and now - started > orphan_grace_s(settings):
-        return f"worker {record.worker} is alive but no longer running this job (its outcome could not be stored)", True
+        lost = (
+            f"worker {record.worker} does not list this job as running (it died before its next heartbeat, or it"
+            " could not store the job's outcome)"
+        )
+        return lost, True
     return None
 
 

@@ -97,7 +97,7 @@ def test_a_live_worker_that_no_longer_lists_its_job_lost_it(redis_client, redis_
     assert reap(store, settings) == []  # just started: the next heartbeat may not list it yet
     [lost] = reap(store, settings, now=time.time() + settings.worker_lost_after_s)
     assert lost.action == "failed"
-    assert "no longer running this job" in store.get(job_id).error
+    assert "does not list this job as running" in store.get(job_id).error
 
 
 def test_a_ticket_taken_by_a_worker_that_died_before_starting_is_requeued(redis_client, redis_url):

@@ -52,6 +52,7 @@ class Runtime:
     stopping: threading.Event = field(default_factory=threading.Event)  # set on SIGTERM: claim nothing more
     budget: MemoryBudget | None = None  # made on first use, for the restorer's device
     active: ActiveJobs = field(default_factory=ActiveJobs)  # published with every heartbeat
+    batch_lookup_failing: bool = False  # Redis refused the last look for joiners (log once per outage)
 
 
 _runtime: Runtime | None = None
@@ -155,8 +156,11 @@ def _admit(rt: Runtime, batch: Any, budget: MemoryBudget, members: dict[int, Job
     try:
         claimed = rt.store.claim_queued(rt.worker_id, room, rt.settings.batch_scan_depth, accept)
     except RedisError as exc:  # no new members this step; the running ones go on
-        log.warning("could not look for jobs to batch (%s)", exc)
+        if not rt.batch_lookup_failing:  # once per outage, not once per sampler step
+            log.warning("could not look for jobs to batch (%s); the running jobs go on", exc)
+        rt.batch_lookup_failing = True
         return
+    rt.batch_lookup_failing = False
     for record in claimed:
         joiner = JobAttempt(rt, record)
         if joiner.open(budget):
