@@ -84,7 +84,7 @@ def reap(store: JobStore, settings: Settings, now: float | None = None, notify: 
             store.forget_queued(job_id)
             continue
         if tickets.position(store.queue, job_id, record.attempt) is not None or job_id in held:
-            if b"orphan_seen_at" in record.raw:
+            if record.orphan_seen_at is not None:
                 store.clear_orphan_seen(job_id)
             continue
         if now - store.mark_orphan_seen(job_id, now) < orphan_grace_s(settings):

@@ -171,6 +171,8 @@ class JobRecord:
     early_exit: bool | None = None
     run_s: float | None = None
     error: str | None = None
+    orphan_seen_at: float | None = None
+    """When a reaper first found this queued job in nobody's hands (cleared when it is seen held again)."""
     checkpoints: tuple[dict[str, Any], ...] = ()
     raw: dict[bytes, bytes] = field(default_factory=dict, repr=False, compare=False)
     """The hash as read, kept only so a transition can render the record it is about to write."""
@@ -206,6 +208,7 @@ class JobRecord:
             early_exit=None if not early else early == "1",
             run_s=_float(h.get(b"run_s")),
             error=_str(h.get(b"error")) or None,
+            orphan_seen_at=_float(h.get(b"orphan_seen_at")),
             checkpoints=tuple(json.loads(c) for c in (checkpoints or [])),
             raw=dict(h),
         )

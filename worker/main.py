@@ -71,7 +71,8 @@ class RestoreWorker(SimpleWorker):
 
 class Heartbeat(threading.Thread):
     """Renews the worker's ready/alive key every `heartbeat_s` with the jobs it holds, from its own thread
-    (the sampler blocks the main one)."""
+    (the sampler blocks the main one), and at once when that set changes, so the reaper never sees a running
+    job missing from a live worker's list for long."""
 
     def __init__(
         self, store: JobStore, settings: Settings, worker_id: str, info: dict[str, Any], active: ActiveJobs
@@ -88,11 +89,15 @@ class Heartbeat(threading.Thread):
             log.warning("heartbeat not sent (Redis unavailable: %s)", exc)
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.settings.heartbeat_s):
-            self.beat_once()
+        while not self._stop_event.is_set():
+            self.active.changed.wait(self.settings.heartbeat_s)
+            self.active.changed.clear()
+            if not self._stop_event.is_set():
+                self.beat_once()
 
     def stop(self) -> None:
         self._stop_event.set()
+        self.active.changed.set()  # wake the thread now
         self.join(self.settings.redis_timeout_s * 2)
         try:
             self.store.workers.remove(self.worker_id)

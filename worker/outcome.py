@@ -36,14 +36,18 @@ class ActiveJobs:
     def __init__(self) -> None:
         self._ids: set[str] = set()
         self._lock = threading.Lock()
+        self.changed = threading.Event()
+        """Set on every change: the heartbeat publishes the new set at once instead of at its next tick."""
 
     def add(self, job_id: str) -> None:
         with self._lock:
             self._ids.add(job_id)
+        self.changed.set()
 
     def discard(self, job_id: str) -> None:
         with self._lock:
             self._ids.discard(job_id)
+        self.changed.set()
 
     def snapshot(self) -> list[str]:
         with self._lock:
