@@ -261,20 +261,6 @@ def wait_api(proc: Proc, base: str) -> None:
     wait_for(up, START_TIMEOUT_S, interval=0.1, what=f"the API at {base}")
 
 
-def wait_worker(proc: Proc, redis_url: str, name: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-
-    def ready() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"worker {name} exited early:\n{proc.log()[-2000:]}")
-        return bool(client.exists(f"{PREFIX}:worker:{name}"))
-
-    try:
-        wait_for(ready, START_TIMEOUT_S, interval=0.2, what=f"worker {name} to load its model")
-    finally:
-        client.close()
-
-
 def submit(
     base: str,
     side: int = SIDE,
@@ -961,7 +947,7 @@ def wait_stack(stack: Stack) -> None:
     assert stack.api_proc is not None
     wait_api(stack.api_proc, stack.api)
     for name, proc in stack.workers.items():
-        wait_worker(proc, stack.url, name)
+        Spawner.wait_worker_ready(proc, name, stack.url, PREFIX)
 
 
 def scenario_kill_fail(stack: Stack) -> FaultResult:

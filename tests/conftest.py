@@ -164,23 +164,27 @@ class Spawner:
 
     def worker(self, name: str, *, wait_ready: bool = True, **upzir: object) -> Proc:
         """`python -m worker`; with wait_ready, returns once its ready key is in Redis (model loaded)."""
-        import redis
-
         proc = self.start(f"worker-{name}", [sys.executable, "-m", "worker", "--name", name], **upzir)
         if wait_ready:
-            client = redis.Redis.from_url(str(upzir["redis_url"]))
-            prefix = upzir.get("key_prefix", "upzir")
-
-            def ready() -> bool:
-                if not proc.alive():
-                    raise AssertionError(f"worker {name} exited early:\n{proc.log()[-3000:]}")
-                return bool(client.exists(f"{prefix}:worker:{name}"))
-
-            try:
-                wait_for(ready, PROCESS_START_TIMEOUT_S, interval=0.2, what=f"worker {name} to load its model")
-            finally:
-                client.close()
+            self.wait_worker_ready(proc, name, str(upzir["redis_url"]), str(upzir.get("key_prefix", "upzir")))
         return proc
+
+    @staticmethod
+    def wait_worker_ready(proc: Proc, name: str, redis_url: str, prefix: str = "upzir") -> None:
+        """Until the worker's ready key is in Redis (its model is loaded); fails if the process exits first."""
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+
+        def ready() -> bool:
+            if not proc.alive():
+                raise AssertionError(f"worker {name} exited early:\n{proc.log()[-3000:]}")
+            return bool(client.exists(f"{prefix}:worker:{name}"))
+
+        try:
+            wait_for(ready, PROCESS_START_TIMEOUT_S, interval=0.2, what=f"worker {name} to load its model")
+        finally:
+            client.close()
 
     def redis_server(self, port: int | None = None) -> tuple[Proc, int]:
         """A private, throw-away redis-server (never the shared one), for outage tests."""
