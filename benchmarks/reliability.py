@@ -63,7 +63,7 @@ from benchmarks.common import REPO_ROOT, command_line, fmt, header_md, machine, 
 # The fixtures' helpers (real-process Spawner, tiny prior, fuzz corpus) live in tests/; import them from there.
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from conftest import Proc, Spawner, free_port, image_bytes, wait_for  # noqa: E402
+from conftest import Proc, Spawner, free_port, image_bytes  # noqa: E402
 from test_hardening import ALPHA, BETA, noise_png, read_status, stalled_upload  # noqa: E402
 from test_service_api import _mutations, png_with_header  # noqa: E402
 from tiny_models import make_tiny_uncond_ldm  # noqa: E402
@@ -222,43 +222,6 @@ def raw_http(base: str, head: bytes, body: Iterable[bytes] = (), timeout: float 
                 break
         data = sock.recv(4096)
     return int(data.split(b" ", 2)[1])
-
-
-def start_redis(spawner: Spawner, port: int, *extra: str) -> Proc:
-    """A private redis-server on `port` (never the shared one); returns once it answers PING."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server is not installed; the fault scenarios need private Redis servers")
-    proc = spawner.start(f"redis-{port}", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *extra])
-
-    def up() -> bool:
-        client = redis.Redis(port=port, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-
-    wait_for(up, 15, what=f"redis-server on port {port}")
-    return proc
-
-
-def start_api(spawner: Spawner, port: int | None = None, wait: bool = True, **env: Any) -> tuple[Proc, str]:
-    """`python -m service` on `port` (a free one by default); with wait, returns once /healthz answers."""
-    port = port or free_port()
-    proc = spawner.start("api", [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], **env)
-    base = f"http://127.0.0.1:{port}"
-    if wait:
-        wait_api(proc, base)
-    return proc, base
-
-
-def wait_api(proc: Proc, base: str) -> None:
-    def up() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"API exited early:\n{proc.log()[-2000:]}")
-        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-
-    wait_for(up, START_TIMEOUT_S, interval=0.1, what=f"the API at {base}")
 
 
 def submit(
@@ -794,8 +757,7 @@ def _route_probes(b: BadInputs, png: bytes, job: str) -> None:
 def run_bad_inputs(spawner: Spawner, fuzz: int) -> dict[str, Any]:
     """Bad requests of named kinds against an API with tokens on; see the module docstring."""
     redis.Redis.from_url(SHARED_REDIS_URL).flushdb()
-    _, base = start_api(
-        spawner,
+    _, base = spawner.api(
         redis_url=SHARED_REDIS_URL,
         api_tokens=f"{ALPHA},{BETA}",
         max_upload_bytes=UPLOAD_CAP,
@@ -847,7 +809,7 @@ def run_load(spawner: Spawner, n: int, label: str, **env: Any) -> dict[str, Any]
     """n concurrent submissions to an API capped at LOAD_QUEUE_CAP queued jobs, no worker (`env`: more settings)."""
     client = redis.Redis.from_url(SHARED_REDIS_URL)
     client.flushdb()
-    proc, base = start_api(spawner, redis_url=SHARED_REDIS_URL, max_queue_depth=LOAD_QUEUE_CAP, api_reaper=False, **env)
+    proc, base = spawner.api(redis_url=SHARED_REDIS_URL, max_queue_depth=LOAD_QUEUE_CAP, api_reaper=False, **env)
     image = image_bytes((SIDE, SIDE))
     t0 = time.perf_counter()
     answers = asyncio.run(_load(base, n, image))
@@ -936,8 +898,8 @@ def start_stack(
     """Start Redis, then the API and the workers without waiting for them (they load in the background)."""
     stack = Stack(name, free_port(), {}, redis_args)
     stack.env = {**FAST_ENV, "model": str(model), "redis_url": stack.url, **env}
-    stack.redis_proc = start_redis(spawner, stack.port, *redis_args)
-    stack.api_proc, stack.api = start_api(spawner, wait=False, **stack.env)
+    stack.redis_proc, _ = spawner.redis_server(stack.port, redis_args)
+    stack.api_proc, stack.api = spawner.api(wait=False, **stack.env)
     for w in workers:
         stack.workers[w] = spawner.worker(w, wait_ready=False, **stack.env)
     return stack
@@ -945,7 +907,7 @@ def start_stack(
 
 def wait_stack(stack: Stack) -> None:
     assert stack.api_proc is not None
-    wait_api(stack.api_proc, stack.api)
+    Spawner.wait_api_ready(stack.api_proc, stack.api)
     for name, proc in stack.workers.items():
         Spawner.wait_worker_ready(proc, name, stack.url, PREFIX)
 
@@ -1037,7 +999,7 @@ def scenario_api_restart(spawner: Spawner, stack: Stack) -> FaultResult:
     r = stack.client()
     before = _job_count(r)
     port = free_port()
-    proc, base = start_api(spawner, port, **stack.env)
+    proc, base = spawner.api(port=port, **stack.env)
     big = noise_png(512, seed=21)  # ~786 kB
     fields = {**QUICK, "max_pixels": "4096"}
     boundary = "restartbound"
@@ -1068,7 +1030,7 @@ def scenario_api_restart(spawner: Spawner, stack: Stack) -> FaultResult:
     thread.join(30)
     proc.wait(10)
     created_by_killed = _job_count(r) - before
-    proc2, _ = start_api(spawner, port, **stack.env)  # the same port: the client's URL is unchanged
+    proc2, _ = spawner.api(port=port, **stack.env)  # the same port: the client's URL is unchanged
     retry = httpx.post(f"{base}/restore", content=body, headers=headers, timeout=30)
     again = httpx.post(f"{base}/restore", content=body, headers=headers, timeout=30)
     job = retry.json().get("id") if retry.status_code == 202 else None
@@ -1153,7 +1115,7 @@ def scenario_redis_restart(spawner: Spawner, stack: Stack, down_s: float, run: i
     fault = time.monotonic()
     down_rc = stack.redis_proc.stop(timeout=30)
     time.sleep(max(0.0, down_s - (time.monotonic() - fault)))
-    stack.redis_proc = start_redis(spawner, stack.port, *stack.redis_args)
+    stack.redis_proc, _ = spawner.redis_server(stack.port, stack.redis_args)
     outage = time.monotonic() - fault
     tracks = watcher.finish(fault + JOB_DEADLINE_S)
     ok = all(t.status == "succeeded" for t in tracks.values())
@@ -1279,6 +1241,8 @@ def run_faults(spawner: Spawner, stacks: dict[str, Stack], failures: list[str]) 
 
 def start_fault_stacks(spawner: Spawner, model: Path, tmp: Path) -> dict[str, Stack]:
     """Private Redis servers, APIs and workers for the fault scenarios; workers load while other parts run."""
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed; the fault scenarios need private Redis servers")
     aof = tmp / "aof"
     aof.mkdir(exist_ok=True)
     return {  # default settings (on_worker_lost=fail) with AOF: the kill, then the Redis restart on the survivor

@@ -87,7 +87,10 @@ def reap(store: JobStore, settings: Settings, now: float | None = None, notify: 
             if record.orphan_seen_at is not None:
                 store.clear_orphan_seen(job_id)
             continue
-        if now - store.mark_orphan_seen(job_id, now) < orphan_grace_s(settings):
+        if record.orphan_seen_at is None:
+            store.mark_orphan_seen(job_id, now)  # the grace starts now
+            continue
+        if now - record.orphan_seen_at < orphan_grace_s(settings):
             continue
         reason = (
             f"the job left the queue but no worker started it within {orphan_grace_s(settings):g} s (the worker that"

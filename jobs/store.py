@@ -129,8 +129,9 @@ class JobStore:
     def queue_depth(self) -> int:
         return int(self.redis.llen(self.queue.key))
 
-    def queued_bytes(self) -> int:
-        return sum(int(v) for v in self.redis.hvals(self.keys.queued))
+    def queued_bytes(self, client: redis.Redis | redis.client.Pipeline | None = None) -> int:
+        """Upload bytes of the queued jobs (read through `client`, e.g. a WATCHing pipeline, when given)."""
+        return sum(int(v) for v in (client or self.redis).hvals(self.keys.queued))
 
     # --- API side -------------------------------------------------------------------------------------
 
@@ -226,7 +227,7 @@ class JobStore:
                     f"the queue is full ({depth} jobs waiting, limit {s.max_queue_depth}); retry later",
                     retry_after=s.queue_full_retry_after_s,
                 )
-            waiting = sum(int(v) for v in pipe.hvals(k.queued))
+            waiting = self.queued_bytes(pipe)
             if waiting + len(image) > s.max_queue_bytes:
                 raise QueueFull(
                     f"the queue is full ({waiting / 2**20:.1f} MiB of uploads waiting, limit"
@@ -238,18 +239,22 @@ class JobStore:
             pipe.expire(k.job(job_id), s.pending_ttl_s)
             pipe.set(k.input(job_id), image, ex=s.pending_ttl_s)
             pipe.hset(k.queued, job_id, len(image))
-            pipe.xadd(
-                k.events(job_id),
-                {"event": EventType.STATUS.value, "data": json.dumps(event)},
-                maxlen=EVENT_STREAM_MAXLEN,
-                approximate=True,
-            )
+            self._append_status(pipe, job_id, event)
             pipe.expire(k.events(job_id), s.pending_ttl_s)
             if idem_key:
                 pipe.set(idem_key, job_id, ex=s.idempotency_ttl_s)
             tickets.enqueue(self.queue, pipe, s, job_id, attempt=1)
 
         self.redis.transaction(create, self.queue.key, k.queued)
+
+    def _append_status(self, pipe: redis.client.Pipeline, job_id: str, event: dict[str, Any]) -> None:
+        """A `status` event written outside the transition script (creation, re-queue), in the caller's MULTI."""
+        pipe.xadd(
+            self.keys.events(job_id),
+            {"event": EventType.STATUS.value, "data": json.dumps(event)},
+            maxlen=EVENT_STREAM_MAXLEN,
+            approximate=True,
+        )
 
     def cancel(self, job_id: str, owner: Owner = None) -> tuple[Job, JobRecord | None]:
         """Queued → canceled now; processing → a cancel request the worker honours at its next step.
@@ -448,13 +453,11 @@ class JobStore:
         def move(pipe: redis.client.Pipeline) -> None:
             nonlocal requeued
             record = JobRecord.parse(pipe.hgetall(k.job(job_id)))
-            requeued = (
-                record is not None
-                and record.status in (JobStatus.PROCESSING, JobStatus.QUEUED)
-                and record.attempt == attempt
-            )
-            if not requeued:
+            if record is None or record.status not in (JobStatus.PROCESSING, JobStatus.QUEUED):
                 return
+            if record.attempt != attempt:
+                return
+            requeued = True
             pipe.multi()
             pipe.hset(
                 k.job(job_id),
@@ -465,25 +468,19 @@ class JobStore:
             )
             pipe.delete(k.checkpoints(job_id), k.cancel(job_id))
             pipe.srem(k.processing, job_id)
-            pipe.hset(k.queued, job_id, record.input_bytes)  # type: ignore[union-attr]
-            pipe.xadd(
-                k.events(job_id),
-                {"event": EventType.STATUS.value, "data": json.dumps(event)},
-                maxlen=EVENT_STREAM_MAXLEN,
-                approximate=True,
-            )
+            pipe.hset(k.queued, job_id, record.input_bytes)
+            self._append_status(pipe, job_id, event)
             tickets.enqueue(self.queue, pipe, self.settings, job_id, attempt + 1, at_front=True)
 
         self.redis.transaction(move, k.job(job_id))
         return requeued
 
-    def mark_orphan_seen(self, job_id: str, now: float) -> float:
-        """When a reaper first saw this queued job without a ticket or a worker (kept across reapers)."""
+    def mark_orphan_seen(self, job_id: str, now: float) -> None:
+        """Record when a reaper first saw this queued job without a ticket or a worker (kept across reapers;
+        the first reaper's time wins). Never recreates an expired record."""
         key = self.keys.job(job_id)
         if self.redis.exists(key):
             self.redis.hsetnx(key, "orphan_seen_at", repr(now))
-        seen = self.redis.hget(key, "orphan_seen_at")
-        return float(seen) if seen else now
 
     def clear_orphan_seen(self, job_id: str) -> None:
         self.redis.hdel(self.keys.job(job_id), "orphan_seen_at")

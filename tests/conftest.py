@@ -146,13 +146,20 @@ class Spawner:
         self.procs.append(proc)
         return proc
 
-    def api(self, **upzir: object) -> tuple[Proc, str]:
-        """uvicorn running `service.app` on a free port; returns (process, base URL) once /healthz answers."""
-        import httpx
-
-        port = free_port()
+    def api(self, *, port: int | None = None, wait: bool = True, **upzir: object) -> tuple[Proc, str]:
+        """uvicorn running `service.app` on `port` (a free one by default); returns (process, base URL), with
+        `wait` once /healthz answers."""
+        port = port or free_port()
         proc = self.start("api", [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)], **upzir)
         base = f"http://127.0.0.1:{port}"
+        if wait:
+            self.wait_api_ready(proc, base)
+        return proc, base
+
+    @staticmethod
+    def wait_api_ready(proc: Proc, base: str) -> None:
+        """Until the API at `base` answers /healthz; fails if the process exits first."""
+        import httpx
 
         def up() -> bool:
             if not proc.alive():
@@ -160,7 +167,6 @@ class Spawner:
             return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
 
         wait_for(up, PROCESS_START_TIMEOUT_S, interval=0.1, what="the API to answer /healthz")
-        return proc, base
 
     def worker(self, name: str, *, wait_ready: bool = True, **upzir: object) -> Proc:
         """`python -m worker`; with wait_ready, returns once its ready key is in Redis (model loaded)."""
@@ -186,15 +192,16 @@ class Spawner:
         finally:
             client.close()
 
-    def redis_server(self, port: int | None = None) -> tuple[Proc, int]:
-        """A private, throw-away redis-server (never the shared one), for outage tests."""
+    def redis_server(
+        self, port: int | None = None, options: tuple[str, ...] = ("--appendonly", "no")
+    ) -> tuple[Proc, int]:
+        """A private, throw-away redis-server (never the shared one), for outage tests; `options` are more
+        command-line settings (AOF, maxmemory)."""
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.skip("redis-server binary not installed")
         port = port or free_port()
-        proc = self.start(
-            "redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        )
+        proc = self.start(f"redis-{port}", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *options])
         import redis
 
         client = redis.Redis(port=port, socket_connect_timeout=0.5)
