@@ -13,10 +13,11 @@ by every worker, every `reaper_interval_s`) recovers, within `worker_lost_after_
   that died before starting it): re-queued (it never ran, so running it is not running it twice), or failed
   after `max_attempts`.
 
-Right after Redis restarts (its uptime below `worker_lost_after_s`), or after this reaper could not reach it,
-nobody is judged: a live worker may not have beaten since Redis came back, and heartbeat keys that expired
-during an outage say nothing about the workers. Several reapers may run at once: every change is a
-compare-and-set on (status, attempt).
+Right after Redis restarts (its uptime below `worker_lost_after_s`), and until this reaper has reached it
+again for that long after an outage (a partition Redis did not restart through), nobody is judged: a live
+worker may not have beaten since Redis came back, and heartbeat keys that expired during an outage say
+nothing about the workers. Several reapers may run at once: every change is a compare-and-set on
+(status, attempt).
 RQ's StartedJobRegistry cleanup notices the same deaths later on its own clock; we do not rely on it.
 """
 
@@ -161,17 +162,19 @@ class Reaper(threading.Thread):
     def run(self) -> None:
         quiet_until = 0.0  # after an outage, give every worker `worker_lost_after_s` to beat again
         while not self._stop_event.wait(self.settings.reaper_interval_s):
-            if time.monotonic() < quiet_until:
-                continue
             try:
+                if time.monotonic() < quiet_until:
+                    self.store.redis.ping()  # judging nobody yet; a failed contact restarts the wait
+                    continue
                 reap(self.store, self.settings, notify=self.notify)
             except RedisError as exc:
+                if time.monotonic() >= quiet_until:
+                    log.warning(
+                        "reaper: Redis unavailable (%s); judging no worker until it has been back for %g s",
+                        exc,
+                        self.settings.worker_lost_after_s,
+                    )
                 quiet_until = time.monotonic() + self.settings.worker_lost_after_s
-                log.warning(
-                    "reaper: Redis unavailable (%s); judging no worker until it has been back for %g s",
-                    exc,
-                    self.settings.worker_lost_after_s,
-                )
             except Exception:  # a reaper bug must not kill the thread that guarantees the bound
                 log.exception("reaper pass failed")
 

@@ -7,9 +7,13 @@ test_worker_lifecycle.py.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
+from urllib.parse import urlsplit
 
-from conftest import image_bytes, wait_for
+from conftest import free_port, image_bytes, wait_for
 
 from jobs.reaper import Reaper, reap
 from jobs.settings import Settings
@@ -157,3 +161,77 @@ def test_nobody_is_judged_until_redis_has_been_up_for_the_heartbeat_bound(spawn)
     [failed] = reap(store, settings)
     assert failed.action == "failed" and store.get(job_id).status == "failed"
     store.redis.close()
+
+
+class Partition:
+    """A TCP relay in front of the test Redis that can cut every connection and come back on the same port:
+    an outage Redis itself does not notice (no restart, so its uptime says nothing)."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self.sockets: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        for s in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self.sockets = []
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+
+
+def test_after_a_partition_nobody_is_judged_until_workers_could_beat_again(redis_client, redis_url):
+    """Everyone loses Redis for longer than worker_lost_after_s, so the worker's key expires meanwhile. The
+    reaper must wait worker_lost_after_s from when it reaches Redis again (not from when it first lost it), so
+    the worker's first beat after the partition, up to heartbeat_s later, still counts."""
+    timing = {"heartbeat_s": 1.0, "worker_lost_after_s": 2.0, "reaper_interval_s": 0.2}
+    url = urlsplit(redis_url)
+    relay = Partition((url.hostname, url.port))
+    reaper_store, settings = make(f"redis://127.0.0.1:{relay.port}{url.path}", **timing)
+    store, _ = make(redis_url, **timing)
+    job_id = new_job(store)
+    store.workers.heartbeat("w5", {}, [job_id])  # its last beat before the partition: the key lives 2 s
+    store.start(job_id, 1, "w5")
+    reaper = Reaper(reaper_store, settings, owner="test")
+    reaper.start()
+    try:
+        time.sleep(1.0)
+        relay.cut()  # the reaper's first failed pass comes within reaper_interval_s
+        time.sleep(1.9)
+        assert not store.redis.exists(store.keys.worker("w5"))  # expired during the partition
+        relay.restore()
+        time.sleep(0.9)  # the worker's next tick, just under heartbeat_s after Redis is back
+        for _ in range(3):
+            store.workers.heartbeat("w5", {}, [job_id])
+            time.sleep(settings.heartbeat_s)
+        assert store.get(job_id).status == "processing"
+    finally:
+        reaper.stop(timeout=2)
+        relay.cut()
